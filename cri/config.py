@@ -1,0 +1,191 @@
+"""The agent's configuration: TOML in, dataclasses out, and back to annotated TOML."""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from runtime.settings import RuntimeHandlerSettings, RuntimeSettings
+
+DEFAULT_CONFIG_PATH = Path("/etc/moorage/moorage.toml")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+class ConfigError(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class Config:
+    socket: Path = Path("/run/moorage/moorage.sock")
+    log_level: str = "info"
+    shutdown_grace_s: float = 10.0
+    runtime: RuntimeSettings = field(default_factory=RuntimeSettings)
+
+
+# (section, key, comment) in the order `moorage config` prints them; the value comes from
+# the Config, so the reference can never drift from the defaults.
+_TOP_DOCS = {
+    "socket": "CRI gRPC unix socket (created mode 0660)",
+    "root_dir": "persistent state: state.db, images, container bundles",
+    "run_dir": "volatile state: namespace pins, per-pod /dev/shm mounts",
+    "log_level": "debug, info, warning or error",
+    "shutdown_grace_s": "on SIGTERM, how long in-flight calls may run before they are cut",
+}
+_RUNTIME_DOCS = {
+    "default_handler": "OCI runtime handler used when RunPodSandbox names none",
+    "conmon_path": "conmon binary that supervises each container",
+    "seccomp_profile": "profile applied for seccomp RuntimeDefault",
+    "cgroup_driver": "cgroupfs, or systemd where the host runs systemd",
+    "default_cgroup_parent": "cgroup parent for pods that set no linux.cgroup_parent",
+    "infra_command": "pid 1 of pods that share one PID namespace",
+    "shm_size_bytes": "size of each pod's /dev/shm tmpfs",
+}
+_NETWORK_DOCS = {"pod_cidr": "pod address range until kubelet sends one"}
+
+
+def load_config(path: Path | None) -> Config:
+    """Read `path`; with None, the default file if it exists, else built-in defaults."""
+    if path is None:
+        if not DEFAULT_CONFIG_PATH.exists():
+            return Config()
+        path = DEFAULT_CONFIG_PATH
+    try:
+        raw = tomllib.loads(path.read_text())
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    return parse_config(raw, str(path))
+
+
+def parse_config(raw: dict[str, Any], source: str = "config") -> Config:
+    raw = dict(raw)
+    runtime_raw = dict(raw.pop("runtime", {}))
+    network_raw = dict(raw.pop("network", {}))
+    handlers_raw = runtime_raw.pop("handlers", None)
+    _reject_unknown(raw, {*_TOP_DOCS}, source, "")
+    _reject_unknown(runtime_raw, {*_RUNTIME_DOCS}, source, "runtime.")
+    _reject_unknown(network_raw, {*_NETWORK_DOCS}, source, "network.")
+
+    defaults = Config()
+    rt: dict[str, Any] = {}
+    for key in ("root_dir", "run_dir"):
+        if key in raw:
+            rt[key] = Path(_typed(raw.pop(key), str, source, key))
+    for key, value in runtime_raw.items():
+        default = getattr(defaults.runtime, key)
+        if isinstance(default, Path):
+            rt[key] = Path(_typed(value, str, source, f"runtime.{key}"))
+        elif isinstance(default, tuple):
+            items = _typed(value, list, source, f"runtime.{key}")
+            rt[key] = tuple(_typed(i, str, source, f"runtime.{key}[]") for i in items)
+        else:
+            rt[key] = _typed(value, type(default), source, f"runtime.{key}")
+    if "pod_cidr" in network_raw:
+        rt["pod_cidr"] = _typed(network_raw["pod_cidr"], str, source, "network.pod_cidr")
+    if handlers_raw is not None:
+        rt["handlers"] = _parse_handlers(handlers_raw, source)
+
+    top: dict[str, Any] = {}
+    if "socket" in raw:
+        top["socket"] = Path(_typed(raw["socket"], str, source, "socket"))
+    if "log_level" in raw:
+        top["log_level"] = _typed(raw["log_level"], str, source, "log_level")
+    if "shutdown_grace_s" in raw:
+        top["shutdown_grace_s"] = float(
+            _typed(raw["shutdown_grace_s"], (int, float), source, "shutdown_grace_s")
+        )
+    return validate(replace(defaults, runtime=replace(defaults.runtime, **rt), **top))
+
+
+def validate(config: Config) -> Config:
+    rt = config.runtime
+    if config.log_level not in LOG_LEVELS:
+        raise ConfigError(f"log_level {config.log_level!r} is not one of {', '.join(LOG_LEVELS)}")
+    if rt.cgroup_driver not in ("cgroupfs", "systemd"):
+        raise ConfigError(f"runtime.cgroup_driver {rt.cgroup_driver!r}: cgroupfs or systemd")
+    if rt.default_handler not in rt.handlers:
+        raise ConfigError(
+            f"runtime.default_handler {rt.default_handler!r} is not among runtime.handlers "
+            f"({', '.join(sorted(rt.handlers))})"
+        )
+    if not rt.infra_command:
+        raise ConfigError("runtime.infra_command is empty")
+    if rt.shm_size_bytes <= 0:
+        raise ConfigError("runtime.shm_size_bytes must be positive")
+    if config.shutdown_grace_s < 0:
+        raise ConfigError("shutdown_grace_s must not be negative")
+    return config
+
+
+def _parse_handlers(raw: Any, source: str) -> dict[str, RuntimeHandlerSettings]:
+    table = _typed(raw, dict, source, "runtime.handlers")
+    handlers = {}
+    for name, raw_entry in table.items():
+        entry = _typed(raw_entry, dict, source, f"runtime.handlers.{name}")
+        _reject_unknown(entry, {"path"}, source, f"runtime.handlers.{name}.")
+        if "path" not in entry:
+            raise ConfigError(f"{source}: runtime.handlers.{name}.path is missing")
+        path = _typed(entry["path"], str, source, f"runtime.handlers.{name}.path")
+        handlers[name] = RuntimeHandlerSettings(name, Path(path))
+    if not handlers:
+        raise ConfigError(f"{source}: runtime.handlers is empty")
+    return handlers
+
+
+def _typed(value: Any, expected: type | tuple[type, ...], source: str, key: str) -> Any:
+    if isinstance(value, bool) and expected is not bool:
+        raise ConfigError(f"{source}: {key} must not be a boolean")
+    if not isinstance(value, expected):
+        raise ConfigError(f"{source}: {key} has the wrong type ({type(value).__name__})")
+    return value
+
+
+def _reject_unknown(table: dict[str, Any], known: set[str], source: str, prefix: str) -> None:
+    unknown = sorted(set(table) - known)
+    if unknown:
+        raise ConfigError(f"{source}: unknown key {prefix}{unknown[0]}")
+
+
+def render_config(config: Config) -> str:
+    """The effective configuration as TOML, every key with its value and a comment."""
+    rt = config.runtime
+    top_values = {
+        "socket": config.socket,
+        "root_dir": rt.root_dir,
+        "run_dir": rt.run_dir,
+        "log_level": config.log_level,
+        "shutdown_grace_s": config.shutdown_grace_s,
+    }
+    lines = [_line(k, v, _TOP_DOCS[k]) for k, v in top_values.items()]
+    lines += ["", "[runtime]"]
+    lines += [_line(k, getattr(rt, k), doc) for k, doc in _RUNTIME_DOCS.items()]
+    lines += ["", "[network]"]
+    lines += [_line(k, getattr(rt, k), doc) for k, doc in _NETWORK_DOCS.items()]
+    for name, handler in rt.handlers.items():
+        lines += ["", f"[runtime.handlers.{name}]", _line("path", handler.path, "OCI runtime")]
+    return "\n".join(lines) + "\n"
+
+
+def _line(key: str, value: object, doc: str) -> str:
+    return f"{key} = {_toml_value(value)}  # {doc}"
+
+
+def _toml_value(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, tuple | list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    # A JSON string is a valid TOML basic string.
+    return json.dumps(str(value))
+
+
+def config_as_dict(config: Config) -> dict[str, Any]:
+    """For Status(verbose): the effective config as JSON-ready data."""
+    return tomllib.loads(render_config(config))

@@ -1,0 +1,114 @@
+"""`moorage serve`: wiring the runtime to the gRPC server on the unix socket."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import os
+import signal
+import socket
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import grpc
+import structlog
+from cri_api.v1 import api_pb2_grpc
+
+from cri.config import Config, ConfigError
+from cri.image_service import ImageService
+from cri.interceptor import CallInterceptor
+from cri.runtime_service import RuntimeService
+from runtime.agent import Runtime
+from runtime.threads import in_thread
+
+log = structlog.get_logger("moorage.daemon")
+
+# Enough for a burst of pod starts on a small node; netlink and mounts are short.
+WORKER_THREADS = 16
+MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+
+
+@contextlib.contextmanager
+def exclusive_root(root_dir: Path) -> Iterator[None]:
+    """One agent per root dir: two would fight over state.db and the pins."""
+    root_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(root_dir / "moorage.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ConfigError(f"another moorage agent is using {root_dir}") from None
+        yield
+    finally:
+        os.close(fd)
+
+
+def _claim_socket(path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.exists():
+        return
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        try:
+            probe.connect(str(path))
+        except OSError:
+            path.unlink()
+            return
+    raise ConfigError(f"socket {path} is served by another process")
+
+
+async def serve(config: Config) -> int:
+    loop = asyncio.get_running_loop()
+    loop.set_default_executor(
+        ThreadPoolExecutor(max_workers=WORKER_THREADS, thread_name_prefix="moorage-worker")
+    )
+    with exclusive_root(config.runtime.root_dir):
+        runtime = await in_thread(Runtime, config.runtime)
+        try:
+            for fix in await in_thread(runtime.recover):
+                log.info("recovered", fix=fix)
+            return await _serve_grpc(config, runtime)
+        finally:
+            runtime.close()
+
+
+async def _serve_grpc(config: Config, runtime: Runtime) -> int:
+    server = grpc.aio.server(
+        interceptors=[CallInterceptor()],
+        options=[
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        ],
+    )
+    api_pb2_grpc.add_RuntimeServiceServicer_to_server(  # type: ignore[no-untyped-call]
+        RuntimeService(runtime, config), server
+    )
+    api_pb2_grpc.add_ImageServiceServicer_to_server(  # type: ignore[no-untyped-call]
+        ImageService(runtime, config), server
+    )
+    _claim_socket(config.socket)
+    if server.add_insecure_port(f"unix://{config.socket}") == 0:
+        raise ConfigError(f"cannot listen on {config.socket}")
+    await server.start()
+    os.chmod(config.socket, 0o660)
+
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stopping.set)
+    log.info(
+        "serving",
+        socket=str(config.socket),
+        root_dir=str(config.runtime.root_dir),
+        run_dir=str(config.runtime.run_dir),
+        cgroups=runtime.cgroups.mode.value,
+        pods=len(runtime.sandboxes.select()),
+        pid=os.getpid(),
+    )
+    await stopping.wait()
+    log.info("stopping: no new calls, in-flight calls may finish", grace_s=config.shutdown_grace_s)
+    await server.stop(config.shutdown_grace_s)
+    config.socket.unlink(missing_ok=True)
+    log.info("stopped; pods are left running")
+    return 0

@@ -1,0 +1,130 @@
+"""The one server interceptor: it logs, times and counts every call and maps domain errors
+to gRPC status codes, so handlers only raise."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+import structlog
+
+from cri.errors import status_code_for
+from metrics.operations import record_cri_call
+from runtime.errors import MoorageError
+
+log = structlog.get_logger("moorage.cri")
+
+_ID_FIELDS = ("pod_sandbox_id", "container_id")
+# Polled every second by kubelet: logged at debug so info stays readable.
+_QUIET_PREFIXES = ("List", "Version", "Status", "ImageFsInfo", "PodSandboxStatus", "ImageStatus")
+
+UnaryBehavior = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
+
+
+def _object_ids(message: Any) -> dict[str, str]:
+    ids: dict[str, str] = {}
+    for name in _ID_FIELDS:
+        value = getattr(message, name, "")
+        if isinstance(value, str) and value:
+            ids[name] = value
+    return ids
+
+
+class CallInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return None
+        method = handler_call_details.method.rsplit("/", 1)[-1]
+        if handler.unary_unary is not None:
+            return grpc.unary_unary_rpc_method_handler(
+                self._unary(method, handler.unary_unary),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.unary_stream is not None:
+            return grpc.unary_stream_rpc_method_handler(
+                self._stream(method, handler.unary_stream),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        return handler
+
+    def _unary(self, method: str, inner: UnaryBehavior) -> UnaryBehavior:
+        async def behavior(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            started = time.perf_counter()
+            ids = _object_ids(request)
+            try:
+                response = await inner(request, context)
+            except asyncio.CancelledError:
+                _finish(method, grpc.StatusCode.CANCELLED, started, ids, "client went away")
+                raise
+            except Exception as exc:
+                code, message = _failure(method, exc)
+            else:
+                _finish(method, grpc.StatusCode.OK, started, ids | _object_ids(response))
+                return response
+            _finish(method, code, started, ids, message)
+            await context.abort(code, message)
+
+        return behavior
+
+    def _stream(
+        self, method: str, inner: Callable[[Any, grpc.aio.ServicerContext], Any]
+    ) -> Callable[[Any, grpc.aio.ServicerContext], AsyncIterator[Any]]:
+        async def behavior(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            started = time.perf_counter()
+            ids = _object_ids(request)
+            try:
+                produced = inner(request, context)
+                if inspect.isawaitable(produced):
+                    await produced
+                else:
+                    async for item in produced:
+                        yield item
+            except asyncio.CancelledError:
+                _finish(method, grpc.StatusCode.CANCELLED, started, ids, "client went away")
+                raise
+            except Exception as exc:
+                code, message = _failure(method, exc)
+            else:
+                _finish(method, grpc.StatusCode.OK, started, ids)
+                return
+            _finish(method, code, started, ids, message)
+            await context.abort(code, message)
+
+        return behavior
+
+
+def _failure(method: str, exc: Exception) -> tuple[grpc.StatusCode, str]:
+    if isinstance(exc, MoorageError):
+        return status_code_for(exc), str(exc)
+    log.exception("unexpected error", method=method)
+    return grpc.StatusCode.INTERNAL, f"{method}: internal error: {exc!r}"
+
+
+def _finish(
+    method: str,
+    code: grpc.StatusCode,
+    started: float,
+    ids: dict[str, str],
+    message: str = "",
+) -> None:
+    duration_s = time.perf_counter() - started
+    record_cri_call(method, code.name, duration_s)
+    fields: dict[str, Any] = {"method": method, "code": code.name, "ms": round(duration_s * 1e3, 3)}
+    fields.update(ids)
+    if code is not grpc.StatusCode.OK:
+        log.warning("cri call failed", error=message, **fields)
+    elif method.startswith(_QUIET_PREFIXES):
+        log.debug("cri call", **fields)
+    else:
+        log.info("cri call", **fields)

@@ -1,0 +1,11 @@
+"""RuntimeService: one servicer assembled from the RPC groups, one file each."""
+
+from __future__ import annotations
+
+from cri.runtime_info import RuntimeInfoRpcs
+from cri.sandbox_rpcs import PodSandboxRpcs
+from cri.unimplemented import UnimplementedFallback
+
+
+class RuntimeService(RuntimeInfoRpcs, PodSandboxRpcs, UnimplementedFallback):
+    service_name = "runtime.v1.RuntimeService"

@@ -1,0 +1,109 @@
+"""The runtime as the CRI front sees it: state, sandboxes and runtime-wide settings."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from runtime.cgroups import CgroupLayout
+from runtime.errors import InvalidArgument
+from runtime.recovery import reconcile_sandboxes
+from runtime.sandbox_store import SandboxStore
+from runtime.sandboxes import SandboxManager
+from runtime.settings import RuntimeSettings
+from runtime.state_db import StateDB
+
+_POD_CIDR_KEY = "pod_cidr"
+
+
+@dataclass(frozen=True)
+class DiskUsage:
+    path: Path
+    used_bytes: int
+    inodes_used: int
+
+
+@dataclass(frozen=True)
+class Readiness:
+    ready: bool
+    reason: str = ""
+    message: str = ""
+
+
+class Runtime:
+    def __init__(self, settings: RuntimeSettings) -> None:
+        self.settings = settings
+        for directory in (settings.root_dir, settings.run_dir, *self.store_dirs(settings)):
+            directory.mkdir(parents=True, exist_ok=True, mode=0o711)
+        self.db = StateDB(settings.state_db)
+        self.cgroups = CgroupLayout.detect()
+        self.sandboxes = SandboxManager(settings, SandboxStore(self.db), self.cgroups)
+
+    @staticmethod
+    def store_dirs(settings: RuntimeSettings) -> tuple[Path, Path]:
+        """(image store, writable-layer store), as ImageFsInfo reports them."""
+        return settings.root_dir / "content", settings.root_dir / "containers"
+
+    def recover(self) -> list[str]:
+        """Reconcile state with the host; blocking, run before serving."""
+        return reconcile_sandboxes(self.settings, self.cgroups, self.sandboxes.store)
+
+    def close(self) -> None:
+        self.db.close()
+
+    @property
+    def pod_cidr(self) -> str:
+        return self.db.setting(_POD_CIDR_KEY) or self.settings.pod_cidr
+
+    def set_pod_cidr(self, cidr: str) -> None:
+        """Store the CIDR kubelet sends; an empty one means "keep what you have"."""
+        if not cidr:
+            return
+        for part in cidr.split(","):
+            try:
+                ipaddress.ip_network(part.strip(), strict=True)
+            except ValueError as exc:
+                raise InvalidArgument(
+                    f"runtime_config.network_config.pod_cidr {cidr!r}: {exc}"
+                ) from None
+        self.db.put_setting(_POD_CIDR_KEY, cidr)
+
+    def runtime_readiness(self) -> Readiness:
+        handler = self.settings.handler("")
+        for what, path in (("OCI runtime", handler.path), ("conmon", self.settings.conmon_path)):
+            if not os.access(path, os.X_OK):
+                return Readiness(False, "RuntimeBinaryMissing", f"{what} {path} is not executable")
+        return Readiness(True)
+
+    def network_readiness(self) -> Readiness:
+        # Pods get a loopback-only network until the bridge (network issue) lands.
+        return Readiness(
+            False,
+            "NetworkPluginNotReady",
+            "pod networking is not set up: pods get a network namespace with loopback only",
+        )
+
+    def image_fs_usage(self) -> DiskUsage:
+        return disk_usage(self.store_dirs(self.settings)[0])
+
+    def container_fs_usage(self) -> DiskUsage:
+        return disk_usage(self.store_dirs(self.settings)[1])
+
+
+def disk_usage(path: Path) -> DiskUsage:
+    """Bytes and inodes below `path`, counting each hard-linked inode once."""
+    seen: set[tuple[int, int]] = set()
+    used = 0
+    for dirpath, dirnames, filenames in os.walk(path):
+        for name in (*dirnames, *filenames):
+            try:
+                st = os.lstat(os.path.join(dirpath, name))
+            except FileNotFoundError:
+                continue
+            key = (st.st_dev, st.st_ino)
+            if key not in seen:
+                seen.add(key)
+                used += st.st_blocks * 512
+    return DiskUsage(path, used, len(seen))

@@ -1,0 +1,165 @@
+"""Creating and removing pod cgroups on cgroup v1, hybrid and v2 hosts (cgroupfs writes).
+
+On a hybrid host the v1 hierarchies carry the controllers and the unified one carries none
+that matter to us, so pods get v1 cgroups only.
+"""
+
+from __future__ import annotations
+
+import enum
+import errno
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from runtime.errors import InvalidArgument
+
+_V2_CONTROLLERS = ("cpuset", "cpu", "io", "memory", "hugetlb", "pids")
+
+
+class CgroupMode(enum.Enum):
+    V1 = "v1"
+    HYBRID = "hybrid"
+    V2 = "v2"
+
+
+@dataclass(frozen=True)
+class CgroupLayout:
+    mode: CgroupMode
+    # v1 hierarchy mount points, one per hierarchy ("cpu", "memory", "name=systemd", ...).
+    v1_roots: dict[str, Path] = field(default_factory=dict)
+    unified_root: Path | None = None
+
+    @classmethod
+    def detect(cls, mountinfo: Path = Path("/proc/self/mountinfo")) -> CgroupLayout:
+        v1: dict[str, Path] = {}
+        unified: Path | None = None
+        for line in mountinfo.read_text().splitlines():
+            pre, _, post = line.partition(" - ")
+            mount_point = Path(pre.split()[4].replace("\\040", " "))
+            fstype, _source, super_opts = post.split()[:3]
+            if fstype == "cgroup2" and unified is None:
+                unified = mount_point
+            elif fstype == "cgroup":
+                names = [o for o in super_opts.split(",") if o not in ("rw", "ro")]
+                v1.setdefault(",".join(names), mount_point)
+        if v1:
+            mode = CgroupMode.HYBRID if unified else CgroupMode.V1
+            return cls(mode, v1, unified)
+        if unified is None:
+            raise RuntimeError("no cgroup filesystem is mounted")
+        return cls(CgroupMode.V2, {}, unified)
+
+    @property
+    def controllers(self) -> list[str]:
+        if self.mode is CgroupMode.V2:
+            assert self.unified_root is not None
+            return (self.unified_root / "cgroup.controllers").read_text().split()
+        return sorted(c for h in self.v1_roots for c in h.split(",") if not c.startswith("name="))
+
+    def dirs(self, cgroup_path: str) -> list[Path]:
+        relative = cgroup_path.strip("/")
+        if self.mode is CgroupMode.V2:
+            assert self.unified_root is not None
+            return [self.unified_root / relative]
+        return [root / relative for root in self.v1_roots.values()]
+
+    def create(self, cgroup_path: str) -> None:
+        if self.mode is CgroupMode.V2:
+            assert self.unified_root is not None
+            _create_v2(self.unified_root, cgroup_path)
+            return
+        for hierarchy, root in self.v1_roots.items():
+            _create_v1(root, cgroup_path, cpuset="cpuset" in hierarchy.split(","))
+
+    def add_process(self, cgroup_path: str, pid: int) -> None:
+        for directory in self.dirs(cgroup_path):
+            (directory / "cgroup.procs").write_text(str(pid))
+
+    def exists(self, cgroup_path: str) -> bool:
+        return any(d.is_dir() for d in self.dirs(cgroup_path))
+
+    def remove(self, cgroup_path: str, timeout_s: float = 2.0) -> None:
+        """Remove the cgroup and any children left in it; a missing cgroup is fine."""
+        for directory in self.dirs(cgroup_path):
+            _remove_tree(directory, timeout_s)
+
+
+def _create_v1(root: Path, cgroup_path: str, *, cpuset: bool) -> None:
+    current = root
+    for part in Path(cgroup_path.strip("/")).parts:
+        parent, current = current, current / part
+        try:
+            current.mkdir()
+        except FileExistsError:
+            continue
+        if cpuset:
+            # A new v1 cpuset starts empty and refuses tasks until it inherits cpus and mems.
+            for name in ("cpuset.cpus", "cpuset.mems"):
+                (current / name).write_text((parent / name).read_text())
+
+
+def _create_v2(root: Path, cgroup_path: str) -> None:
+    current = root
+    for part in Path(cgroup_path.strip("/")).parts:
+        _enable_v2_controllers(current)
+        current = current / part
+        current.mkdir(exist_ok=True)
+
+
+def _enable_v2_controllers(directory: Path) -> None:
+    available = set((directory / "cgroup.controllers").read_text().split())
+    enabled = set((directory / "cgroup.subtree_control").read_text().split())
+    wanted = [c for c in _V2_CONTROLLERS if c in available and c not in enabled]
+    if wanted:
+        (directory / "cgroup.subtree_control").write_text(" ".join(f"+{c}" for c in wanted))
+
+
+def _remove_tree(directory: Path, timeout_s: float) -> None:
+    if not directory.is_dir():
+        return
+    children = [Path(dirpath) for dirpath, _, _ in os.walk(directory, topdown=False)]
+    for child in children:
+        _rmdir_when_empty(child, timeout_s)
+
+
+def _rmdir_when_empty(directory: Path, timeout_s: float) -> None:
+    # rmdir answers EBUSY while a killed task is still leaving the cgroup.
+    deadline = time.monotonic() + timeout_s
+    delay = 0.001
+    while True:
+        try:
+            directory.rmdir()
+            return
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            if exc.errno != errno.EBUSY or time.monotonic() > deadline:
+                raise
+        time.sleep(delay)
+        delay = min(delay * 2, 0.05)
+
+
+def pod_cgroup_path(driver: str, parent: str, sandbox_id: str) -> str:
+    """The pod's own cgroup below `parent`, in the notation of the cgroup driver."""
+    if ".." in parent.split("/"):
+        raise InvalidArgument(f"linux.cgroup_parent {parent!r} must not contain '..'")
+    if driver == "systemd":
+        return f"{systemd_slice_path(parent)}/moorage-{sandbox_id}.scope"
+    return f"/{parent.strip('/')}/moorage-{sandbox_id}".replace("//", "/")
+
+
+def systemd_slice_path(slice_name: str) -> str:
+    """Expand `a-b-c.slice` to `/a.slice/a-b.slice/a-b-c.slice`, as systemd lays slices out."""
+    if slice_name in ("", "-.slice"):
+        return ""
+    if not slice_name.endswith(".slice") or "/" in slice_name:
+        raise InvalidArgument(
+            f"linux.cgroup_parent {slice_name!r} is not a systemd slice name (name.slice)"
+        )
+    stem = slice_name.removesuffix(".slice")
+    parts = stem.split("-")
+    if any(not p for p in parts):
+        raise InvalidArgument(f"linux.cgroup_parent {slice_name!r} is not a valid slice name")
+    return "".join("/" + "-".join(parts[: i + 1]) + ".slice" for i in range(len(parts)))

@@ -1,0 +1,28 @@
+"""Domain errors raised below the gRPC layer; cri/errors.py maps each to a status code."""
+
+
+class MoorageError(Exception):
+    """Base of every error the agent reports to a CRI client."""
+
+
+class NotFound(MoorageError):
+    pass
+
+
+class InvalidArgument(MoorageError):
+    pass
+
+
+class NameReserved(MoorageError):
+    def __init__(self, name: str, holder_id: str) -> None:
+        super().__init__(f"name {name!r} is reserved for sandbox {holder_id}")
+        self.name = name
+        self.holder_id = holder_id
+
+
+class FailedPrecondition(MoorageError):
+    pass
+
+
+class Unimplemented(MoorageError):
+    pass

@@ -1,0 +1,77 @@
+"""Reconciling state.db with the host when the agent starts.
+
+Pods outlive the agent: after a crash or restart their rows, pins, cgroups and infra
+processes must agree again before the first RPC is answered.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import replace
+from pathlib import Path
+
+from network.namespaces import is_pinned, unpin
+from runtime.cgroups import CgroupLayout
+from runtime.model import Sandbox, SandboxState
+from runtime.mounts import unmount_if_mounted
+from runtime.processes import is_running
+from runtime.sandbox_setup import remove_sandbox, sandbox_paths, stop_sandbox
+from runtime.sandbox_store import SandboxStore
+from runtime.settings import RuntimeSettings
+
+PIN_KINDS = ("net", "ipc", "uts")
+
+
+def reconcile_sandboxes(
+    settings: RuntimeSettings, cgroups: CgroupLayout, store: SandboxStore
+) -> list[str]:
+    """Bring rows and host objects back in line; returns one line per thing fixed."""
+    fixed: list[str] = []
+    for sandbox in store.all():
+        if sandbox.state is SandboxState.CREATING:
+            remove_sandbox(settings, cgroups, sandbox, None)
+            store.delete(sandbox.id)
+            fixed.append(f"removed half-built sandbox {sandbox.id}")
+        elif sandbox.state is SandboxState.READY:
+            problem = _broken_part(sandbox)
+            if problem:
+                stop_sandbox(settings, sandbox, None)
+                store.update(sandbox.id, lambda s: replace(s, state=SandboxState.NOTREADY))
+                fixed.append(f"sandbox {sandbox.id} is not ready: {problem}")
+        else:
+            stop_sandbox(settings, sandbox, None)
+    fixed += _remove_orphans(settings, {s.id for s in store.all()})
+    return fixed
+
+
+def _broken_part(sandbox: Sandbox) -> str:
+    for kind, pin in sandbox.pins.items():
+        if not is_pinned(Path(pin)):
+            return f"{kind} namespace pin {pin} is gone"
+    if sandbox.infra is not None and not is_running(sandbox.infra):
+        return f"infra process {sandbox.infra.pid} has exited"
+    return ""
+
+
+def _remove_orphans(settings: RuntimeSettings, known_ids: set[str]) -> list[str]:
+    """Pins and sandbox dirs with no row: left by a crash between the mount and the commit."""
+    fixed: list[str] = []
+    for kind in PIN_KINDS:
+        for pin in _entries(settings.pin_dir(kind)):
+            if pin.name not in known_ids:
+                unpin(pin)
+                fixed.append(f"released orphan {kind} pin {pin}")
+    for parent in (settings.sandboxes_dir, settings.sandboxes_run_dir):
+        for directory in _entries(parent):
+            if directory.name not in known_ids:
+                unmount_if_mounted(sandbox_paths(settings, directory.name)[2])
+                shutil.rmtree(directory, ignore_errors=True)
+                fixed.append(f"removed orphan sandbox dir {directory}")
+    return fixed
+
+
+def _entries(directory: Path) -> list[Path]:
+    try:
+        return list(directory.iterdir())
+    except FileNotFoundError:
+        return []

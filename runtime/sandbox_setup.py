@@ -1,0 +1,147 @@
+"""Building and tearing down a pod sandbox's kernel objects: plain blocking functions.
+
+build_sandbox registers the undo of every step as the step succeeds, so a failure anywhere
+leaves nothing behind. The teardown functions are idempotent: recovery calls them on
+half-built or already-stopped pods.
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+
+from network.namespaces import bring_up_loopback, pin_current, unpin, unshared
+from runtime.cgroups import CgroupLayout
+from runtime.errors import FailedPrecondition
+from runtime.model import InfraProcess, NamespaceMode, NamespaceOptions, Sandbox
+from runtime.mounts import mount_shm, unmount_if_mounted
+from runtime.processes import kill_and_wait, start_ticks
+from runtime.resolv import render_resolv_conf
+from runtime.settings import RuntimeSettings
+from runtime.sysctls import apply_sysctls
+
+
+@dataclass
+class BuiltSandbox:
+    pins: dict[str, str]
+    infra: InfraProcess | None
+    # Set only while this agent process is the infra's parent and must reap it.
+    infra_child: subprocess.Popen[bytes] | None
+
+
+def pod_namespace_kinds(ns: NamespaceOptions) -> list[str]:
+    """Namespaces the pod gets of its own; the pod's UTS follows its network, as in kubelet."""
+    kinds = []
+    if ns.network is not NamespaceMode.NODE:
+        kinds += ["net", "uts"]
+    if ns.ipc is not NamespaceMode.NODE:
+        kinds.append("ipc")
+    return kinds
+
+
+def sandbox_paths(settings: RuntimeSettings, sandbox_id: str) -> tuple[Path, Path, Path]:
+    """(persistent dir, volatile dir, /dev/shm mount point) of a sandbox."""
+    run_dir = settings.sandbox_run_dir(sandbox_id)
+    return settings.sandbox_dir(sandbox_id), run_dir, run_dir / "shm"
+
+
+def build_sandbox(
+    settings: RuntimeSettings,
+    cgroups: CgroupLayout,
+    sandbox: Sandbox,
+    sysctl_paths: dict[str, str],
+) -> BuiltSandbox:
+    config = sandbox.config
+    sandbox_dir, run_dir, shm = sandbox_paths(settings, sandbox.id)
+    with ExitStack() as undo:
+        for directory in (sandbox_dir, run_dir):
+            directory.mkdir(parents=True, mode=0o711)
+            undo.callback(shutil.rmtree, directory, ignore_errors=True)
+        Path(sandbox.resolv_conf_path).write_text(render_resolv_conf(config.dns))
+        if config.log_directory:
+            Path(config.log_directory).mkdir(parents=True, exist_ok=True)
+
+        cgroups.create(sandbox.cgroup_path)
+        undo.callback(cgroups.remove, sandbox.cgroup_path)
+
+        if sandbox.shm_path:
+            mount_shm(shm, settings.shm_size_bytes)
+            undo.callback(unmount_if_mounted, shm)
+
+        kinds = pod_namespace_kinds(config.namespaces)
+        pins: dict[str, str] = {}
+        infra: InfraProcess | None = None
+        child: subprocess.Popen[bytes] | None = None
+        with unshared(kinds):
+            if "uts" in kinds and config.hostname:
+                socket.sethostname(config.hostname)
+            if "net" in kinds:
+                bring_up_loopback()
+            apply_sysctls(sysctl_paths, config.sysctls)
+            for kind in kinds:
+                pin = settings.pin_path(kind, sandbox.id)
+                pin_current(kind, pin)
+                undo.callback(unpin, pin)
+                pins[kind] = str(pin)
+            if config.namespaces.pid is NamespaceMode.POD:
+                child, infra = _start_infra(settings.infra_command)
+                undo.callback(_stop_infra, infra, child)
+        if infra is not None:
+            cgroups.add_process(sandbox.cgroup_path, infra.pid)
+        undo.pop_all()
+    return BuiltSandbox(pins, infra, child)
+
+
+def _start_infra(command: tuple[str, ...]) -> tuple[subprocess.Popen[bytes], InfraProcess]:
+    """Start the infra process as pid 1 of a new PID namespace inside the pod's others."""
+    with unshared(["pid"]):
+        try:
+            child = subprocess.Popen(
+                list(command),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                # Its own session: a ^C to the agent's terminal must not end the pod.
+                start_new_session=True,
+            )
+        except OSError as exc:
+            raise FailedPrecondition(
+                f"cannot start the pod's infra process {command[0]}: {exc.strerror} "
+                "(install catatonit or set runtime.infra_command)"
+            ) from None
+    return child, InfraProcess(child.pid, start_ticks(child.pid))
+
+
+def _stop_infra(infra: InfraProcess, child: subprocess.Popen[bytes] | None) -> None:
+    kill_and_wait(infra)
+    if child is not None:
+        child.wait()
+
+
+def stop_sandbox(
+    settings: RuntimeSettings, sandbox: Sandbox, infra_child: subprocess.Popen[bytes] | None
+) -> None:
+    """End the infra process and release /dev/shm and the namespace pins."""
+    if sandbox.infra is not None:
+        _stop_infra(sandbox.infra, infra_child)
+    _, _, shm = sandbox_paths(settings, sandbox.id)
+    unmount_if_mounted(shm)
+    for pin in sandbox.pins.values():
+        unpin(Path(pin))
+
+
+def remove_sandbox(
+    settings: RuntimeSettings,
+    cgroups: CgroupLayout,
+    sandbox: Sandbox,
+    infra_child: subprocess.Popen[bytes] | None,
+) -> None:
+    stop_sandbox(settings, sandbox, infra_child)
+    cgroups.remove(sandbox.cgroup_path)
+    sandbox_dir, run_dir, _ = sandbox_paths(settings, sandbox.id)
+    shutil.rmtree(sandbox_dir, ignore_errors=True)
+    shutil.rmtree(run_dir, ignore_errors=True)

@@ -1,0 +1,151 @@
+"""Pod sandbox lifecycle: the async edge over sandbox_setup's blocking steps.
+
+Mutations are shielded from the caller's cancellation: once kubelet's deadline passes, the
+pod is still either fully built (and kept, so a retry finds the name reserved) or fully
+undone; never half of each.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import subprocess
+import time
+from dataclasses import replace
+
+import structlog
+
+from runtime.cgroups import CgroupLayout, pod_cgroup_path
+from runtime.errors import InvalidArgument, NotFound
+from runtime.model import (
+    NamespaceMode,
+    Sandbox,
+    SandboxConfig,
+    SandboxFilter,
+    SandboxState,
+)
+from runtime.sandbox_setup import build_sandbox, remove_sandbox, sandbox_paths, stop_sandbox
+from runtime.sandbox_store import SandboxStore
+from runtime.settings import RuntimeSettings
+from runtime.sysctls import validate_sysctls
+from runtime.threads import in_thread
+
+log = structlog.get_logger("moorage.sandbox")
+
+
+class SandboxManager:
+    def __init__(
+        self, settings: RuntimeSettings, store: SandboxStore, cgroups: CgroupLayout
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.cgroups = cgroups
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._infra_children: dict[str, subprocess.Popen[bytes]] = {}
+
+    async def run(self, config: SandboxConfig) -> Sandbox:
+        return await asyncio.shield(self._run(config))
+
+    async def stop(self, id_or_prefix: str) -> None:
+        await asyncio.shield(self._stop(id_or_prefix))
+
+    async def remove(self, id_or_prefix: str) -> None:
+        await asyncio.shield(self._remove(id_or_prefix))
+
+    def status(self, id_or_prefix: str) -> Sandbox:
+        return self.store.get(id_or_prefix)
+
+    def select(self, flt: SandboxFilter | None = None) -> list[Sandbox]:
+        return self.store.select(flt)
+
+    def _new_sandbox(self, config: SandboxConfig) -> Sandbox:
+        handler = config.runtime_handler or self.settings.default_handler
+        if handler not in self.settings.handlers:
+            raise NotFound(
+                f"runtime handler {handler!r} is not configured "
+                f"(configured: {', '.join(sorted(self.settings.handlers))})"
+            )
+        ns = config.namespaces
+        for field_name, mode in (("network", ns.network), ("ipc", ns.ipc), ("pid", ns.pid)):
+            if mode is NamespaceMode.TARGET:
+                raise InvalidArgument(
+                    f"linux.security_context.namespace_options.{field_name}: "
+                    "TARGET is only valid for containers"
+                )
+        sandbox_id = secrets.token_hex(32)
+        sandbox_dir, _, shm = sandbox_paths(self.settings, sandbox_id)
+        parent = config.cgroup_parent or self.settings.default_cgroup_parent
+        return Sandbox(
+            id=sandbox_id,
+            config=replace(config, runtime_handler=handler),
+            state=SandboxState.CREATING,
+            created_at_ns=time.time_ns(),
+            runtime_handler=handler,
+            cgroup_path=pod_cgroup_path(self.settings.cgroup_driver, parent, sandbox_id),
+            shm_path="" if ns.ipc is NamespaceMode.NODE else str(shm),
+            resolv_conf_path=str(sandbox_dir / "resolv.conf"),
+        )
+
+    async def _run(self, config: SandboxConfig) -> Sandbox:
+        sysctl_paths = validate_sysctls(config.sysctls, config.namespaces)
+        sandbox = self._new_sandbox(config)
+        self.store.reserve(sandbox)
+        bound = log.bind(sandbox_id=sandbox.id, sandbox_name=sandbox.name)
+        started = time.perf_counter()
+        try:
+            built = await in_thread(
+                build_sandbox, self.settings, self.cgroups, sandbox, sysctl_paths
+            )
+        except BaseException:
+            self.store.delete(sandbox.id)
+            raise
+        try:
+            ready = self.store.update(
+                sandbox.id,
+                lambda s: replace(s, state=SandboxState.READY, pins=built.pins, infra=built.infra),
+            )
+        except BaseException:
+            await in_thread(remove_sandbox, self.settings, self.cgroups, sandbox, built.infra_child)
+            self.store.delete(sandbox.id)
+            raise
+        if built.infra_child is not None:
+            self._infra_children[sandbox.id] = built.infra_child
+        bound.info(
+            "sandbox ready",
+            infra_pid=built.infra.pid if built.infra else None,
+            build_ms=round((time.perf_counter() - started) * 1000, 2),
+        )
+        return ready
+
+    async def _stop(self, id_or_prefix: str) -> None:
+        found = self.store.find(id_or_prefix)
+        if found is None:
+            return
+        async with self._lock(found.id):
+            sandbox = self.store.find(found.id)
+            if sandbox is None:
+                return
+            child = self._infra_children.get(sandbox.id)
+            await in_thread(stop_sandbox, self.settings, sandbox, child)
+            self._infra_children.pop(sandbox.id, None)
+            if sandbox.state is not SandboxState.NOTREADY:
+                self.store.update(sandbox.id, lambda s: replace(s, state=SandboxState.NOTREADY))
+                log.info("sandbox stopped", sandbox_id=sandbox.id)
+
+    async def _remove(self, id_or_prefix: str) -> None:
+        found = self.store.find(id_or_prefix)
+        if found is None:
+            return
+        async with self._lock(found.id):
+            sandbox = self.store.find(found.id)
+            if sandbox is None:
+                return
+            child = self._infra_children.get(sandbox.id)
+            await in_thread(remove_sandbox, self.settings, self.cgroups, sandbox, child)
+            self._infra_children.pop(sandbox.id, None)
+            self.store.delete(sandbox.id)
+            log.info("sandbox removed", sandbox_id=sandbox.id)
+        self._locks.pop(found.id, None)
+
+    def _lock(self, sandbox_id: str) -> asyncio.Lock:
+        return self._locks.setdefault(sandbox_id, asyncio.Lock())

@@ -1,0 +1,61 @@
+"""What the runtime layer needs from the agent's configuration (parsed in cri/config.py)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class RuntimeHandlerSettings:
+    name: str
+    path: Path
+
+
+@dataclass(frozen=True)
+class RuntimeSettings:
+    root_dir: Path = Path("/var/lib/moorage")
+    run_dir: Path = Path("/run/moorage")
+    default_handler: str = "crun"
+    handlers: dict[str, RuntimeHandlerSettings] = field(
+        default_factory=lambda: {
+            "crun": RuntimeHandlerSettings("crun", Path("/usr/bin/crun")),
+            "runc": RuntimeHandlerSettings("runc", Path("/usr/sbin/runc")),
+        }
+    )
+    conmon_path: Path = Path("/usr/bin/conmon")
+    seccomp_profile: Path = Path("/usr/share/containers/seccomp.json")
+    cgroup_driver: str = "cgroupfs"
+    default_cgroup_parent: str = "/moorage"
+    infra_command: tuple[str, ...] = ("/usr/bin/catatonit", "-P")
+    shm_size_bytes: int = 64 * 1024 * 1024
+    pod_cidr: str = "10.85.0.0/16"
+
+    @property
+    def state_db(self) -> Path:
+        return self.root_dir / "state.db"
+
+    @property
+    def sandboxes_dir(self) -> Path:
+        """Persistent per-pod files (resolv.conf) that containers bind-mount."""
+        return self.root_dir / "sandboxes"
+
+    @property
+    def sandboxes_run_dir(self) -> Path:
+        """Volatile per-pod mounts (/dev/shm) that a reboot must not find stale."""
+        return self.run_dir / "sandboxes"
+
+    def sandbox_dir(self, sandbox_id: str) -> Path:
+        return self.sandboxes_dir / sandbox_id
+
+    def sandbox_run_dir(self, sandbox_id: str) -> Path:
+        return self.sandboxes_run_dir / sandbox_id
+
+    def pin_dir(self, kind: str) -> Path:
+        return self.run_dir / f"{kind}ns"
+
+    def pin_path(self, kind: str, sandbox_id: str) -> Path:
+        return self.pin_dir(kind) / sandbox_id
+
+    def handler(self, name: str) -> RuntimeHandlerSettings:
+        return self.handlers[name or self.default_handler]
