@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
@@ -15,8 +16,11 @@ from runtime.agent import Readiness
 
 RUNTIME_NAME = "moorage"
 CRI_API_VERSION = "v1"
+# VersionResponse.version predates runtime_api_version; containerd and CRI-O send "0.1.0".
+CRI_API_VERSION_LEGACY = "0.1.0"
 
 
+@functools.cache
 def agent_version() -> str:
     try:
         return version("moorage")
@@ -33,7 +37,7 @@ def _condition(kind: str, readiness: Readiness) -> Any:
 class RuntimeInfoRpcs(Handlers):
     async def Version(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         return pb.VersionResponse(
-            version="0.1.0",
+            version=CRI_API_VERSION_LEGACY,
             runtime_name=RUNTIME_NAME,
             runtime_version=agent_version(),
             runtime_api_version=CRI_API_VERSION,

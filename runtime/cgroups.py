@@ -32,7 +32,12 @@ class CgroupLayout:
     unified_root: Path | None = None
 
     @classmethod
-    def detect(cls, mountinfo: Path = Path("/proc/self/mountinfo")) -> CgroupLayout:
+    def detect(
+        cls,
+        mountinfo: Path = Path("/proc/self/mountinfo"),
+        proc_cgroups: Path = Path("/proc/cgroups"),
+    ) -> CgroupLayout:
+        known = _kernel_controllers(proc_cgroups)
         v1: dict[str, Path] = {}
         unified: Path | None = None
         for line in mountinfo.read_text().splitlines():
@@ -42,7 +47,8 @@ class CgroupLayout:
             if fstype == "cgroup2" and unified is None:
                 unified = mount_point
             elif fstype == "cgroup":
-                names = [o for o in super_opts.split(",") if o not in ("rw", "ro")]
+                # Super options also carry flags such as noprefix or release_agent=...
+                names = [o for o in super_opts.split(",") if o in known or o.startswith("name=")]
                 v1.setdefault(",".join(names), mount_point)
         if v1:
             mode = CgroupMode.HYBRID if unified else CgroupMode.V1
@@ -57,6 +63,25 @@ class CgroupLayout:
             assert self.unified_root is not None
             return (self.unified_root / "cgroup.controllers").read_text().split()
         return sorted(c for h in self.v1_roots for c in h.split(",") if not c.startswith("name="))
+
+    @property
+    def roots(self) -> list[Path]:
+        """Every mounted hierarchy, the unified one of a hybrid host included."""
+        extra = [self.unified_root] if self.unified_root is not None else []
+        return [*self.v1_roots.values(), *extra]
+
+    def describe(self) -> str:
+        if self.mode is CgroupMode.HYBRID:
+            assert self.unified_root is not None
+            try:
+                unified = (self.unified_root / "cgroup.controllers").read_text().split()
+            except OSError:
+                unified = []
+            listed = " ".join(unified) or "none"
+            return f"v1 hybrid (cgroup2 also at {self.unified_root}, controllers there: {listed})"
+        if self.mode is CgroupMode.V1:
+            return "v1"
+        return f"v2 at {self.unified_root}"
 
     def dirs(self, cgroup_path: str) -> list[Path]:
         relative = cgroup_path.strip("/")
@@ -84,6 +109,14 @@ class CgroupLayout:
         """Remove the cgroup and any children left in it; a missing cgroup is fine."""
         for directory in self.dirs(cgroup_path):
             _remove_tree(directory, timeout_s)
+
+
+def _kernel_controllers(proc_cgroups: Path) -> set[str]:
+    try:
+        lines = proc_cgroups.read_text().splitlines()
+    except OSError:
+        return set()
+    return {line.split()[0] for line in lines if line and not line.startswith("#")}
 
 
 def _create_v1(root: Path, cgroup_path: str, *, cpuset: bool) -> None:

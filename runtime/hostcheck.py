@@ -8,7 +8,6 @@ removed before `run_host_checks` returns.
 
 from __future__ import annotations
 
-import ctypes
 import json
 import os
 import re
@@ -22,6 +21,9 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
+from network import linux
+from runtime.cgroups import CgroupLayout, CgroupMode
+
 _TIMEOUT = 5.0
 _CONTAINER_TIMEOUT = 10.0
 # `iptables -w 5` may legitimately hold for 5 s waiting on the xtables lock.
@@ -33,9 +35,6 @@ _NAMESPACES = ("net", "ipc", "uts", "pid", "mnt", "cgroup", "user")
 _CRUN_HYBRID_ERROR = "cgroups in hybrid mode not supported"
 # Root's PATH may lack the sbin directories when the agent is started from a bare environment.
 _EXTRA_PATH = ("/usr/local/sbin", "/usr/sbin", "/sbin", "/usr/bin", "/bin")
-
-_MNT_DETACH = 2
-_libc = ctypes.CDLL(None, use_errno=True)
 
 
 @dataclass(frozen=True)
@@ -58,7 +57,7 @@ def run_host_checks(
     scratch = Path(tempfile.mkdtemp(prefix="hostcheck-", dir=work_dir))
     try:
         mounts = _read_mountinfo()
-        cgroups = _CgroupLayout.from_mounts(mounts)
+        cgroups = CgroupLayout.detect()
         checks = [
             _check_runtime(handler, binary, index == 0, cgroups, scratch)
             for index, (handler, binary) in enumerate(runtimes.items())
@@ -162,68 +161,11 @@ def _filesystem_of(path: Path, mounts: Sequence[_Mount]) -> str:
     return max(containing, key=lambda m: len(m.point.parts)).fstype if containing else "unknown"
 
 
-@dataclass(frozen=True)
-class _CgroupLayout:
-    v1: Mapping[str, Path]  # controller -> hierarchy mount point
-    v2: Path | None
-    v2_controllers: tuple[str, ...]
-
-    @classmethod
-    def from_mounts(cls, mounts: Sequence[_Mount]) -> _CgroupLayout:
-        known = _kernel_controllers()
-        v1: dict[str, Path] = {}
-        v2: Path | None = None
-        for mount in mounts:
-            if mount.fstype == "cgroup":
-                for controller in known.intersection(mount.super_options):
-                    v1.setdefault(controller, mount.point)
-            elif mount.fstype == "cgroup2" and v2 is None:
-                v2 = mount.point
-        v2_controllers: tuple[str, ...] = ()
-        if v2 is not None:
-            with suppress(OSError):
-                v2_controllers = tuple((v2 / "cgroup.controllers").read_text().split())
-        return cls(v1, v2, v2_controllers)
-
-    @property
-    def hybrid(self) -> bool:
-        return bool(self.v1) and self.v2 is not None
-
-    @property
-    def controllers(self) -> tuple[str, ...]:
-        """Controllers a container's cgroup can use: v1 ones win whenever v1 is in use."""
-        return tuple(sorted(self.v1)) if self.v1 else self.v2_controllers
-
-    def hierarchies(self) -> set[Path]:
-        roots = set(self.v1.values())
-        if self.v2 is not None:
-            roots.add(self.v2)
-        return roots
-
-    def describe(self) -> str:
-        if self.hybrid:
-            v2_list = " ".join(self.v2_controllers) or "none"
-            return f"v1 hybrid (cgroup2 also at {self.v2}, controllers there: {v2_list})"
-        if self.v1:
-            return "v1"
-        if self.v2 is not None:
-            return f"v2 at {self.v2}"
-        return "no cgroup filesystem mounted"
-
-
-def _kernel_controllers() -> set[str]:
-    try:
-        lines = Path("/proc/cgroups").read_text().splitlines()
-    except OSError:
-        return set()
-    return {line.split()[0] for line in lines if line and not line.startswith("#")}
-
-
 # --- checks ------------------------------------------------------------------------------------
 
 
 def _check_runtime(
-    handler: str, binary: Path, default: bool, cgroups: _CgroupLayout, scratch: Path
+    handler: str, binary: Path, default: bool, cgroups: CgroupLayout, scratch: Path
 ) -> HostCheck:
     name = f"oci runtime {handler}"
     install = f"apt-get install {binary.name}, or point handler {handler!r} at a working binary"
@@ -244,23 +186,24 @@ def _check_runtime(
         took = (time.monotonic() - started) * 1000
         return HostCheck(name, True, True, f"{version}; test container ran in {took:.0f} ms")
     fix = f"make `{binary} run` work on this host (see the error), or use another default handler"
-    if _CRUN_HYBRID_ERROR in out and cgroups.hybrid and cgroups.v2 is not None:
-        ok, retry = _trial_container(binary, scratch, cgroups, cgroups.v2)
+    unified = cgroups.unified_root
+    if _CRUN_HYBRID_ERROR in out and cgroups.mode is CgroupMode.HYBRID and unified is not None:
+        ok, retry = _trial_container(binary, scratch, cgroups, unified)
         if ok:
             return HostCheck(
                 name,
                 True,
                 True,
                 f"{version}; refuses hybrid cgroups ({out}), so on this host moorage runs "
-                f"`{binary.name} create` in a private mount namespace without {cgroups.v2}, "
+                f"`{binary.name} create` in a private mount namespace without {unified}, "
                 "and a test container ran that way",
             )
-        out = f"{out}; retry without {cgroups.v2} also failed: {retry}"
+        out = f"{out}; retry without {unified} also failed: {retry}"
     return HostCheck(name, False, True, f"{version}; test container failed: {out}", fix)
 
 
 def _trial_container(
-    runtime: Path, scratch: Path, cgroups: _CgroupLayout, hide_mount: Path | None
+    runtime: Path, scratch: Path, cgroups: CgroupLayout, hide_mount: Path | None
 ) -> tuple[bool, str]:
     """Run busybox `true` in a throwaway bundle; hide_mount is unmounted in a private mount ns.
 
@@ -291,7 +234,7 @@ def _trial_container(
     finally:
         _run([runtime, "--root", state, "delete", "-f", container_id])
         # A runtime that fails half way (e.g. after creating cgroups) leaves them behind.
-        for hierarchy in cgroups.hierarchies():
+        for hierarchy in cgroups.roots:
             with suppress(OSError):
                 (hierarchy / container_id).rmdir()
 
@@ -338,7 +281,7 @@ def _check_conmon(conmon: Path) -> HostCheck:
     return HostCheck("conmon", True, True, f"{version} at {conmon}")
 
 
-def _check_cgroups(cgroups: _CgroupLayout) -> HostCheck:
+def _check_cgroups(cgroups: CgroupLayout) -> HostCheck:
     available = cgroups.controllers
     detail = f"{cgroups.describe()}; controllers: {' '.join(available) or 'none'}"
     missing = [c for c in _REQUIRED_CONTROLLERS if c not in available]
@@ -354,16 +297,15 @@ def _check_cgroups(cgroups: _CgroupLayout) -> HostCheck:
 
 @contextmanager
 def _mounted(source: str, target: Path, fstype: str, options: str) -> Iterator[None]:
-    rc = _libc.mount(source.encode(), os.fsencode(target), fstype.encode(), 0, options.encode())
-    if rc != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err), str(target))
+    linux.mount(source, str(target), fstype, 0, options)
     try:
         yield
     finally:
-        if _libc.umount2(os.fsencode(target), 0) != 0:
+        try:
+            linux.umount(str(target))
+        except OSError:
             # Busy: detach it anyway so removing the scratch tree cannot reach the layers.
-            _libc.umount2(os.fsencode(target), _MNT_DETACH)
+            linux.umount(str(target), linux.MNT_DETACH)
 
 
 def _check_overlay(scratch: Path, mounts: Sequence[_Mount]) -> HostCheck:

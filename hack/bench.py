@@ -1,0 +1,157 @@
+"""Time CRI calls against a real agent and print median and p95 per RPC.
+
+Without --socket it starts its own agent on a temporary socket/root/run-dir and a cgroup parent
+of its own, and removes all of it afterwards.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+from cri_api.v1 import api_pb2 as pb
+from cri_api.v1 import api_pb2_grpc
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@contextlib.contextmanager
+def own_agent() -> Iterator[tuple[Path, int]]:
+    base = Path(tempfile.mkdtemp(prefix="mbench-", dir="/tmp"))
+    parent = f"/moorage-bench-{uuid.uuid4().hex[:8]}"
+    config = base / "moorage.toml"
+    config.write_text(f'[runtime]\ndefault_cgroup_parent = "{parent}"\n')
+    socket = base / "cri.sock"
+    log = (base / "agent.log").open("w")
+    proc = subprocess.Popen(
+        [REPO / ".venv/bin/moorage", "serve", "--config", config, "--socket", socket,
+         "--root", base / "root", "--run-dir", base / "run", "--log-level", "warning"],
+        stdout=log, stderr=log,
+    )
+    try:
+        wait_for_socket(socket, proc)
+        yield socket, proc.pid
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+        for hierarchy in Path("/sys/fs/cgroup").iterdir():
+            with contextlib.suppress(OSError):
+                (hierarchy / parent.strip("/")).rmdir()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def wait_for_socket(socket: Path, proc: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            sys.exit(f"agent exited with {proc.returncode}")
+        if socket.exists():
+            stub = api_pb2_grpc.RuntimeServiceStub(grpc.insecure_channel(f"unix://{socket}"))
+            with contextlib.suppress(grpc.RpcError):
+                stub.Version(pb.VersionRequest(), timeout=1)
+                return
+        time.sleep(0.05)
+    sys.exit("agent did not answer within 30 s")
+
+
+def sandbox_config(pid_mode: int) -> Any:
+    uid = uuid.uuid4().hex
+    return pb.PodSandboxConfig(
+        metadata=pb.PodSandboxMetadata(name=f"bench-{uid[:8]}", uid=uid, namespace="bench"),
+        hostname="bench",
+        dns_config=pb.DNSConfig(servers=["10.96.0.10"], searches=["bench.svc.cluster.local"]),
+        linux=pb.LinuxPodSandboxConfig(
+            security_context=pb.LinuxSandboxSecurityContext(
+                namespace_options=pb.NamespaceOption(pid=pid_mode)
+            )
+        ),
+    )
+
+
+class Timings:
+    def __init__(self) -> None:
+        self.samples: dict[str, list[float]] = {}
+
+    def time(self, label: str, call: Callable[[], Any]) -> Any:
+        started = time.perf_counter()
+        result = call()
+        self.samples.setdefault(label, []).append((time.perf_counter() - started) * 1000)
+        return result
+
+    def report(self) -> str:
+        lines = [f"{'call':<44} {'n':>5} {'median ms':>10} {'p95 ms':>8}"]
+        for label, values in self.samples.items():
+            values = sorted(values)
+            p95 = values[min(len(values) - 1, round(0.95 * (len(values) - 1)))]
+            lines.append(f"{label:<44} {len(values):>5} {statistics.median(values):>10.2f} {p95:>8.2f}")
+        return "\n".join(lines)
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def bench_sandboxes(stub: Any, n: int, timings: Timings) -> None:
+    for pid_mode, label in ((pb.CONTAINER, "pid CONTAINER"), (pb.POD, "pid POD, catatonit")):
+        for _ in range(n):
+            request = pb.RunPodSandboxRequest(config=sandbox_config(pid_mode))
+            sid = timings.time(f"RunPodSandbox ({label})", lambda: stub.RunPodSandbox(request))
+            sid = sid.pod_sandbox_id
+            status = pb.PodSandboxStatusRequest(pod_sandbox_id=sid)
+            for _ in range(5):
+                timings.time("PodSandboxStatus", lambda: stub.PodSandboxStatus(status))
+            timings.time("ListPodSandbox (1 pod)", lambda: stub.ListPodSandbox(pb.ListPodSandboxRequest()))
+            stop = pb.StopPodSandboxRequest(pod_sandbox_id=sid)
+            timings.time(f"StopPodSandbox ({label})", lambda: stub.StopPodSandbox(stop))
+            remove = pb.RemovePodSandboxRequest(pod_sandbox_id=sid)
+            timings.time("RemovePodSandbox", lambda: stub.RemovePodSandbox(remove))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("-n", type=int, default=50, help="iterations per case (default 50)")
+    parser.add_argument("--socket", type=Path, help="use a running agent instead of starting one")
+    args = parser.parse_args()
+    if os.geteuid() != 0:
+        sys.exit("hack/bench needs root (it runs pods)")
+
+    with contextlib.ExitStack() as stack:
+        if args.socket:
+            socket, agent_pid = args.socket, 0
+        else:
+            socket, agent_pid = stack.enter_context(own_agent())
+        stub = api_pb2_grpc.RuntimeServiceStub(grpc.insecure_channel(f"unix://{socket}"))
+        timings = Timings()
+        for _ in range(20):
+            timings.time("Version", lambda: stub.Version(pb.VersionRequest()))
+        idle_rss = rss_mb(agent_pid) if agent_pid else 0.0
+        bench_sandboxes(stub, args.n, timings)
+        print(timings.report())
+        if agent_pid:
+            print(f"\nagent RSS: idle {idle_rss:.1f} MB, after the run {rss_mb(agent_pid):.1f} MB")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
