@@ -57,6 +57,8 @@ def load_config(path: Path | None) -> Config:
         raw = tomllib.loads(path.read_text())
     except OSError as exc:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {path} is not UTF-8 text") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
     return parse_config(raw, str(path))
@@ -64,8 +66,8 @@ def load_config(path: Path | None) -> Config:
 
 def parse_config(raw: dict[str, Any], source: str = "config") -> Config:
     raw = dict(raw)
-    runtime_raw = dict(raw.pop("runtime", {}))
-    network_raw = dict(raw.pop("network", {}))
+    runtime_raw = dict(_typed(raw.pop("runtime", {}), dict, source, "runtime"))
+    network_raw = dict(_typed(raw.pop("network", {}), dict, source, "network"))
     handlers_raw = runtime_raw.pop("handlers", None)
     _reject_unknown(raw, {*_TOP_DOCS}, source, "")
     _reject_unknown(runtime_raw, {*_RUNTIME_DOCS}, source, "runtime.")
@@ -167,7 +169,8 @@ def render_config(config: Config) -> str:
     lines += ["", "[network]"]
     lines += [_line(k, getattr(rt, k), doc) for k, doc in _NETWORK_DOCS.items()]
     for name, handler in rt.handlers.items():
-        lines += ["", f"[runtime.handlers.{name}]", _line("path", handler.path, "OCI runtime")]
+        table = f"runtime.handlers.{_toml_key(name)}"
+        lines += ["", f"[{table}]", _line("path", handler.path, "OCI runtime")]
     return "\n".join(lines) + "\n"
 
 
@@ -182,8 +185,20 @@ def _toml_value(value: object) -> str:
         return repr(value)
     if isinstance(value, tuple | list):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    # A JSON string is a valid TOML basic string.
-    return json.dumps(str(value))
+    return _toml_string(str(value))
+
+
+def _toml_string(text: str) -> str:
+    # A JSON string without \u escapes above the BMP is a valid TOML basic string.
+    return json.dumps(text, ensure_ascii=False)
+
+
+def _toml_key(key: str) -> str:
+    return (
+        key
+        if key and all(c.isascii() and (c.isalnum() or c in "-_") for c in key)
+        else (_toml_string(key))
+    )
 
 
 def config_as_dict(config: Config) -> dict[str, Any]:

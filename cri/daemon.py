@@ -109,6 +109,7 @@ async def _serve_grpc(config: Config, runtime: Runtime) -> int:
     await stopping.wait()
     log.info("stopping: no new calls, in-flight calls may finish", grace_s=config.shutdown_grace_s)
     await server.stop(config.shutdown_grace_s)
+    await runtime.sandboxes.drain()
     config.socket.unlink(missing_ok=True)
     log.info("stopped; pods are left running")
     return 0

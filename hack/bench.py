@@ -37,9 +37,22 @@ def own_agent() -> Iterator[tuple[Path, int]]:
     socket = base / "cri.sock"
     log = (base / "agent.log").open("w")
     proc = subprocess.Popen(
-        [REPO / ".venv/bin/moorage", "serve", "--config", config, "--socket", socket,
-         "--root", base / "root", "--run-dir", base / "run", "--log-level", "warning"],
-        stdout=log, stderr=log,
+        [
+            REPO / ".venv/bin/moorage",
+            "serve",
+            "--config",
+            config,
+            "--socket",
+            socket,
+            "--root",
+            base / "root",
+            "--run-dir",
+            base / "run",
+            "--log-level",
+            "warning",
+        ],
+        stdout=log,
+        stderr=log,
     )
     try:
         wait_for_socket(socket, proc)
@@ -90,18 +103,19 @@ class Timings:
     def __init__(self) -> None:
         self.samples: dict[str, list[float]] = {}
 
-    def time(self, label: str, call: Callable[[], Any]) -> Any:
+    def time(self, label: str, rpc: Callable[[Any], Any], request: Any) -> Any:
         started = time.perf_counter()
-        result = call()
+        result = rpc(request)
         self.samples.setdefault(label, []).append((time.perf_counter() - started) * 1000)
         return result
 
     def report(self) -> str:
         lines = [f"{'call':<44} {'n':>5} {'median ms':>10} {'p95 ms':>8}"]
-        for label, values in self.samples.items():
-            values = sorted(values)
+        for label, samples in self.samples.items():
+            values = sorted(samples)
             p95 = values[min(len(values) - 1, round(0.95 * (len(values) - 1)))]
-            lines.append(f"{label:<44} {len(values):>5} {statistics.median(values):>10.2f} {p95:>8.2f}")
+            median = statistics.median(values)
+            lines.append(f"{label:<44} {len(values):>5} {median:>10.2f} {p95:>8.2f}")
         return "\n".join(lines)
 
 
@@ -116,16 +130,17 @@ def bench_sandboxes(stub: Any, n: int, timings: Timings) -> None:
     for pid_mode, label in ((pb.CONTAINER, "pid CONTAINER"), (pb.POD, "pid POD, catatonit")):
         for _ in range(n):
             request = pb.RunPodSandboxRequest(config=sandbox_config(pid_mode))
-            sid = timings.time(f"RunPodSandbox ({label})", lambda: stub.RunPodSandbox(request))
-            sid = sid.pod_sandbox_id
+            sid = timings.time(
+                f"RunPodSandbox ({label})", stub.RunPodSandbox, request
+            ).pod_sandbox_id
             status = pb.PodSandboxStatusRequest(pod_sandbox_id=sid)
             for _ in range(5):
-                timings.time("PodSandboxStatus", lambda: stub.PodSandboxStatus(status))
-            timings.time("ListPodSandbox (1 pod)", lambda: stub.ListPodSandbox(pb.ListPodSandboxRequest()))
+                timings.time("PodSandboxStatus", stub.PodSandboxStatus, status)
+            timings.time("ListPodSandbox (1 pod)", stub.ListPodSandbox, pb.ListPodSandboxRequest())
             stop = pb.StopPodSandboxRequest(pod_sandbox_id=sid)
-            timings.time(f"StopPodSandbox ({label})", lambda: stub.StopPodSandbox(stop))
+            timings.time(f"StopPodSandbox ({label})", stub.StopPodSandbox, stop)
             remove = pb.RemovePodSandboxRequest(pod_sandbox_id=sid)
-            timings.time("RemovePodSandbox", lambda: stub.RemovePodSandbox(remove))
+            timings.time("RemovePodSandbox", stub.RemovePodSandbox, remove)
 
 
 def main() -> int:
@@ -144,7 +159,7 @@ def main() -> int:
         stub = api_pb2_grpc.RuntimeServiceStub(grpc.insecure_channel(f"unix://{socket}"))
         timings = Timings()
         for _ in range(20):
-            timings.time("Version", lambda: stub.Version(pb.VersionRequest()))
+            timings.time("Version", stub.Version, pb.VersionRequest())
         idle_rss = rss_mb(agent_pid) if agent_pid else 0.0
         bench_sandboxes(stub, args.n, timings)
         print(timings.report())

@@ -2,7 +2,7 @@
 
 Mutations are shielded from the caller's cancellation: once kubelet's deadline passes, the
 pod is still either fully built (and kept, so a retry finds the name reserved) or fully
-undone; never half of each.
+undone; never half of each. On shutdown, drain() lets the ones under way finish.
 """
 
 from __future__ import annotations
@@ -11,7 +11,9 @@ import asyncio
 import secrets
 import subprocess
 import time
+from collections.abc import Coroutine
 from dataclasses import replace
+from typing import Any, TypeVar
 
 import structlog
 
@@ -32,6 +34,10 @@ from runtime.threads import in_thread
 
 log = structlog.get_logger("moorage.sandbox")
 
+T = TypeVar("T")
+# Linux's HOST_NAME_MAX.
+MAX_HOSTNAME_BYTES = 64
+
 
 class SandboxManager:
     def __init__(
@@ -42,15 +48,27 @@ class SandboxManager:
         self.cgroups = cgroups
         self._locks: dict[str, asyncio.Lock] = {}
         self._infra_children: dict[str, subprocess.Popen[bytes]] = {}
+        self._in_flight: set[asyncio.Task[Any]] = set()
 
     async def run(self, config: SandboxConfig) -> Sandbox:
-        return await asyncio.shield(self._run(config))
+        return await self._shielded(self._run(config))
 
     async def stop(self, id_or_prefix: str) -> None:
-        await asyncio.shield(self._stop(id_or_prefix))
+        await self._shielded(self._stop(id_or_prefix))
 
     async def remove(self, id_or_prefix: str) -> None:
-        await asyncio.shield(self._remove(id_or_prefix))
+        await self._shielded(self._remove(id_or_prefix))
+
+    async def drain(self) -> None:
+        """Wait for every mutation under way, even those whose caller went away."""
+        while self._in_flight:
+            await asyncio.gather(*self._in_flight, return_exceptions=True)
+
+    async def _shielded(self, work: Coroutine[Any, Any, T]) -> T:
+        task = asyncio.ensure_future(work)
+        self._in_flight.add(task)
+        task.add_done_callback(self._in_flight.discard)
+        return await asyncio.shield(task)
 
     def status(self, id_or_prefix: str) -> Sandbox:
         return self.store.get(id_or_prefix)
@@ -64,6 +82,11 @@ class SandboxManager:
             raise NotFound(
                 f"runtime handler {handler!r} is not configured "
                 f"(configured: {', '.join(sorted(self.settings.handlers))})"
+            )
+        if len(config.hostname.encode()) > MAX_HOSTNAME_BYTES or "\0" in config.hostname:
+            raise InvalidArgument(
+                f"config.hostname {config.hostname!r} is not a valid hostname "
+                f"(at most {MAX_HOSTNAME_BYTES} bytes)"
             )
         ns = config.namespaces
         for field_name, mode in (("network", ns.network), ("ipc", ns.ipc), ("pid", ns.pid)):

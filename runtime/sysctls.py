@@ -30,8 +30,9 @@ def validate_sysctls(sysctls: dict[str, str], ns: NamespaceOptions) -> dict[str,
     paths: dict[str, str] = {}
     for name, value in sysctls.items():
         dotted = _dotted(name)
-        parts = dotted.split(".")
-        if not name or any(p in ("", "..") for p in parts) or "\0" in name:
+        proc_path = _proc_path(dotted)
+        # Checked on the final path: a ".." in the slash form hides as "//" in the dotted one.
+        if not name or "\0" in name or any(p in ("", ".", "..") for p in proc_path.split("/")):
             raise InvalidArgument(f"sysctl {name!r}: not a valid sysctl name")
         if "\n" in value:
             raise InvalidArgument(f"sysctl {name!r}: value must be a single line")
@@ -49,7 +50,7 @@ def validate_sysctls(sysctls: dict[str, str], ns: NamespaceOptions) -> dict[str,
                 f"sysctl {name!r}: not a namespaced sysctl (allowed: net.*, kernel.shm*, "
                 "kernel.msg*, kernel.sem, fs.mqueue.*, kernel.hostname, kernel.domainname)"
             )
-        paths[name] = _proc_path(dotted)
+        paths[name] = proc_path
     return paths
 
 

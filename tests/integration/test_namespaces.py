@@ -64,7 +64,10 @@ def test_pinned_namespace_outlives_the_thread_and_the_thread_returns(
             assert f"[{os.stat(pin).st_ino}]" in inside[kind]
             assert inside[kind] != host[kind]
         hostname = subprocess.run(
-            ["nsenter", f"--uts={pins['uts']}", "hostname"], capture_output=True, text=True
+            ["nsenter", f"--uts={pins['uts']}", "hostname"],
+            capture_output=True,
+            text=True,
+            check=True,
         )
         assert hostname.stdout.strip() == "pinned-pod"
         assert socket.gethostname() != "pinned-pod"

@@ -150,8 +150,10 @@ def test_recovery_marks_a_pod_whose_infra_died_not_ready(settings: RuntimeSettin
 
         fixed = reconcile_sandboxes(settings, layout, store)
 
-        assert fixed == [f"sandbox {sandbox.id} is not ready: infra process "
-                         f"{built.infra.pid if built.infra else 0} has exited"]
+        assert fixed == [
+            f"sandbox {sandbox.id} is not ready: infra process "
+            f"{built.infra.pid if built.infra else 0} has exited"
+        ]
         assert store.get(sandbox.id).state is SandboxState.NOTREADY
         assert not any(is_pinned(Path(p)) for p in built.pins.values())
     finally:

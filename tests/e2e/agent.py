@@ -1,0 +1,393 @@
+"""A `moorage serve` subprocess on private temporary dirs, driven through the CRI stubs.
+
+Everything an agent or its pods leave on the host (mounts, infra processes, cgroups, files)
+is traced back to the agent's own dirs and cgroup parent, so `cleanup` can remove it without
+touching anything another agent, test run or engineer owns.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import functools
+import json
+import os
+import secrets
+import signal
+import socket
+import sqlite3
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import grpc
+from cri_api.v1 import api_pb2 as pb
+from cri_api.v1 import api_pb2_grpc
+
+from tests.e2e.kernel import (
+    CGROUP_FS,
+    ProcessId,
+    is_alive,
+    mounts_under,
+    process_id,
+    wait_until,
+)
+
+REPO = Path(__file__).resolve().parents[2]
+MOORAGE = REPO / ".venv" / "bin" / "moorage"
+START_TIMEOUT_S = 20.0
+STOP_TIMEOUT_S = 10.0
+RPC_TIMEOUT_S = 10.0
+_CHANNEL_OPTIONS = [
+    # The agent restarts under the same socket path: reconnect quickly, not after 1 s.
+    ("grpc.initial_reconnect_backoff_ms", 20),
+    ("grpc.min_reconnect_backoff_ms", 20),
+    ("grpc.max_reconnect_backoff_ms", 200),
+]
+
+
+class AgentFailed(Exception):
+    pass
+
+
+class Agent:
+    """One agent's dirs, its process (when running) and CRI clients bound to its socket."""
+
+    def __init__(self, base_dir: Path | None = None, extra_runtime_config: str = "") -> None:
+        token = secrets.token_hex(4)
+        # Unix socket paths are limited to 108 bytes: stay short and under /tmp.
+        self.base_dir = base_dir or Path(f"/tmp/mre-{token}")
+        self.base_dir.mkdir(mode=0o700)
+        self.token = self.base_dir.name.removeprefix("mre-")
+        self.socket = self.base_dir / "moorage.sock"
+        self.root_dir = self.base_dir / "root"
+        self.run_dir = self.base_dir / "run"
+        self.log_path = self.base_dir / "agent.log"
+        self.config_path = self.base_dir / "moorage.toml"
+        self.cgroup_parent = f"/moorage-e2e-{self.token}"
+        self.config_path.write_text(
+            "shutdown_grace_s = 2.0\n"
+            "\n"
+            "[runtime]\n"
+            f'default_cgroup_parent = "{self.cgroup_parent}"\n' + extra_runtime_config
+        )
+        self.process: subprocess.Popen[bytes] | None = None
+        self._channel: Any = None
+        self.runtime: Any = None
+        self.images: Any = None
+        # Infra processes seen through PodSandboxStatus(verbose), for cleanup and leak checks.
+        self.seen_infra: set[ProcessId] = set()
+
+    # --- process ---------------------------------------------------------------------------
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None, "the agent is not running"
+        return self.process.pid
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def serve_argv(self) -> list[str]:
+        return [
+            str(MOORAGE),
+            "serve",
+            "--config",
+            str(self.config_path),
+            "--socket",
+            str(self.socket),
+            "--root",
+            str(self.root_dir),
+            "--run-dir",
+            str(self.run_dir),
+            "--log-level",
+            "debug",
+        ]
+
+    def start(self) -> None:
+        assert not self.running, "the agent is already running"
+        with self.log_path.open("ab") as log:
+            log.write(f"----- e2e: starting agent {time.time_ns()}\n".encode())
+            log.flush()
+            self.process = subprocess.Popen(
+                self.serve_argv(),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                # A ^C to pytest must not reach the agent before teardown stops it.
+                start_new_session=True,
+            )
+        self._wait_until_serving()
+
+    def _wait_until_serving(self) -> None:
+        assert self.process is not None
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while not _socket_accepts(self.socket):
+            if self.process.poll() is not None:
+                raise AgentFailed(
+                    f"agent exited with {self.process.returncode} before serving:\n"
+                    + self.log_tail()
+                )
+            if time.monotonic() > deadline:
+                raise AgentFailed(f"agent did not open {self.socket}:\n" + self.log_tail())
+            time.sleep(0.01)
+        self._connect()
+        remaining_s = max(deadline - time.monotonic(), 1.0)
+        version = self.runtime.Version(
+            pb.VersionRequest(), timeout=remaining_s, wait_for_ready=True
+        )
+        if version.runtime_name != "moorage":
+            raise AgentFailed(f"unexpected Version answer: {version}")
+
+    def _connect(self) -> None:
+        self._disconnect()
+        self._channel = grpc.insecure_channel(f"unix://{self.socket}", options=_CHANNEL_OPTIONS)
+        self.runtime = api_pb2_grpc.RuntimeServiceStub(self._channel)  # type: ignore[no-untyped-call]
+        self.images = api_pb2_grpc.ImageServiceStub(self._channel)  # type: ignore[no-untyped-call]
+
+    def _disconnect(self) -> None:
+        if self._channel is not None:
+            self._channel.close()
+        self._channel = self.runtime = self.images = None
+
+    def terminate(
+        self, timeout_s: float = STOP_TIMEOUT_S, sig: signal.Signals = signal.SIGTERM
+    ) -> int:
+        """SIGTERM, wait for the exit (SIGKILL after the deadline); returns the exit status."""
+        self._disconnect()
+        assert self.process is not None, "the agent was never started"
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+            try:
+                self.process.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+                raise AgentFailed(
+                    f"agent ignored {sig.name} for {timeout_s} s:\n" + self.log_tail()
+                ) from None
+        return self.process.returncode
+
+    def kill9(self) -> None:
+        self._disconnect()
+        assert self.process is not None, "the agent was never started"
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait()
+
+    def restart(self) -> None:
+        """Stop the agent if it runs (SIGTERM), then start it again on the same dirs."""
+        if self.running:
+            self.terminate()
+        self.start()
+
+    def log_text(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def log_tail(self, lines: int = 60) -> str:
+        return "\n".join(self.log_text().splitlines()[-lines:])
+
+    def fd_count(self) -> int:
+        return len(os.listdir(f"/proc/{self.pid}/fd"))
+
+    # --- CRI helpers -----------------------------------------------------------------------
+
+    def run_pod(self, config: Any, runtime_handler: str = "") -> str:
+        response = self.runtime.RunPodSandbox(
+            pb.RunPodSandboxRequest(config=config, runtime_handler=runtime_handler),
+            timeout=RPC_TIMEOUT_S,
+        )
+        pod_id: str = response.pod_sandbox_id
+        self.pod_info(pod_id)  # records the infra pid for cleanup
+        return pod_id
+
+    def pod_status(self, pod_id: str) -> Any:
+        return self.runtime.PodSandboxStatus(
+            pb.PodSandboxStatusRequest(pod_sandbox_id=pod_id), timeout=RPC_TIMEOUT_S
+        ).status
+
+    def pod_info(self, pod_id: str) -> dict[str, Any]:
+        """PodSandboxStatus(verbose) info["info"], decoded."""
+        response = self.runtime.PodSandboxStatus(
+            pb.PodSandboxStatusRequest(pod_sandbox_id=pod_id, verbose=True),
+            timeout=RPC_TIMEOUT_S,
+        )
+        info: dict[str, Any] = json.loads(response.info["info"])
+        infra_pid = info.get("pids", {}).get("infra")
+        if infra_pid is not None:
+            seen = process_id(int(infra_pid))
+            if seen is not None:
+                self.seen_infra.add(seen)
+        return info
+
+    def stop_pod(self, pod_id: str) -> None:
+        self.runtime.StopPodSandbox(
+            pb.StopPodSandboxRequest(pod_sandbox_id=pod_id), timeout=RPC_TIMEOUT_S
+        )
+
+    def remove_pod(self, pod_id: str) -> None:
+        self.runtime.RemovePodSandbox(
+            pb.RemovePodSandboxRequest(pod_sandbox_id=pod_id), timeout=RPC_TIMEOUT_S
+        )
+
+    def list_pods(self, flt: Any = None) -> list[Any]:
+        request = (
+            pb.ListPodSandboxRequest() if flt is None else pb.ListPodSandboxRequest(filter=flt)
+        )
+        return list(self.runtime.ListPodSandbox(request, timeout=RPC_TIMEOUT_S).items)
+
+    def list_pod_ids(self, flt: Any = None) -> set[str]:
+        return {pod.id for pod in self.list_pods(flt)}
+
+    # --- what the agent left on the host ---------------------------------------------------
+
+    def db_rows(self) -> list[dict[str, Any]]:
+        """Sandbox rows of state.db, read with a connection of our own."""
+        db = self.root_dir / "state.db"
+        if not db.exists():
+            return []
+        with contextlib.closing(sqlite3.connect(db, timeout=5.0)) as conn:
+            try:
+                rows = conn.execute("SELECT record FROM sandboxes").fetchall()
+            except sqlite3.OperationalError:
+                return []
+        return [json.loads(row[0]) for row in rows]
+
+    def db_sandbox_count(self) -> int:
+        with contextlib.closing(sqlite3.connect(self.root_dir / "state.db", timeout=5.0)) as conn:
+            (count,) = conn.execute("SELECT count(*) FROM sandboxes").fetchone()
+        return int(count)
+
+    def recorded_infra(self) -> set[ProcessId]:
+        recorded = set(self.seen_infra)
+        for row in self.db_rows():
+            infra = row.get("infra")
+            if infra:
+                recorded.add(ProcessId(int(infra["pid"]), int(infra["start_ticks"])))
+        return recorded
+
+    def cgroup_dirs(self) -> list[Path]:
+        """This agent's cgroup parent in every mounted hierarchy where it exists."""
+        return [
+            root / self.cgroup_parent.strip("/")
+            for root in sorted(CGROUP_FS.iterdir())
+            if (root / self.cgroup_parent.strip("/")).is_dir()
+        ]
+
+    def leftovers(self) -> list[str]:
+        """Traces of pods on the host and in the state; empty when every pod is gone."""
+        found = [f"listed pod {pod_id}" for pod_id in self.list_pod_ids()]
+        found += [f"state.db row {row['id']}" for row in self.db_rows()]
+        found += [f"mount {point}" for point in mounts_under(self.base_dir)]
+        for directory in (
+            *(self.run_dir / f"{kind}ns" for kind in ("net", "ipc", "uts")),
+            self.run_dir / "sandboxes",
+            self.root_dir / "sandboxes",
+        ):
+            if directory.is_dir():
+                found += [f"entry {entry}" for entry in directory.iterdir()]
+        for parent in self.cgroup_dirs():
+            found += [f"cgroup {child}" for child in parent.iterdir() if child.is_dir()]
+        found += [f"infra process {proc.pid}" for proc in self.recorded_infra() if is_alive(proc)]
+        return found
+
+    def cleanup(self) -> list[str]:
+        """Remove the pods, stop the agent and take away all it left; returns what failed."""
+        problems: list[str] = []
+        if self.running:
+            try:
+                for pod_id in self.list_pod_ids():
+                    with contextlib.suppress(grpc.RpcError, json.JSONDecodeError, KeyError):
+                        self.pod_info(pod_id)
+                    self.remove_pod(pod_id)
+            except grpc.RpcError as exc:
+                problems.append(f"removing pods through the agent: {exc}")
+        if self.process is not None:
+            try:
+                self.terminate()
+            except AgentFailed as exc:
+                problems.append(str(exc))
+        self._disconnect()
+        for proc in self.recorded_infra():
+            if is_alive(proc):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(proc.pid, signal.SIGKILL)
+                if not wait_until(functools.partial(_is_gone, proc), timeout_s=5.0):
+                    problems.append(f"infra process {proc.pid} survived SIGKILL")
+        for mount_point in sorted(mounts_under(self.base_dir), key=len, reverse=True):
+            result = subprocess.run(
+                ["umount", "-l", mount_point], capture_output=True, text=True, check=False
+            )
+            if result.returncode != 0:
+                problems.append(f"umount -l {mount_point}: {result.stderr.strip()}")
+        for parent in self.cgroup_dirs():
+            problems += _remove_cgroup_tree(parent)
+        result = subprocess.run(
+            ["rm", "-rf", "--one-file-system", str(self.base_dir)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if result.returncode != 0:
+            problems.append(f"rm -rf {self.base_dir}: {result.stderr.strip()}")
+        return problems
+
+
+class AgentFactory:
+    """Makes agents, each on fresh dirs; every one is cleaned up when the test ends."""
+
+    def __init__(self) -> None:
+        self.agents: list[Agent] = []
+
+    def __call__(self, *, start: bool = True, extra_runtime_config: str = "") -> Agent:
+        """extra_runtime_config: TOML lines appended to the [runtime] table."""
+        agent = Agent(extra_runtime_config=extra_runtime_config)
+        self.agents.append(agent)
+        if start:
+            agent.start()
+        return agent
+
+    def cleanup(self) -> list[str]:
+        problems: list[str] = []
+        for agent in reversed(self.agents):
+            print(f"--- log of the agent in {agent.base_dir} (tail) ---")
+            print(agent.log_tail(80))
+            problems += agent.cleanup()
+        return problems
+
+
+def _is_gone(proc: ProcessId) -> bool:
+    return not is_alive(proc)
+
+
+def _socket_accepts(path: Path) -> bool:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        try:
+            probe.connect(str(path))
+        except OSError:
+            return False
+    return True
+
+
+def _remove_cgroup_tree(top: Path, timeout_s: float = 5.0) -> list[str]:
+    problems = []
+    for dirpath, _, _ in os.walk(top, topdown=False):
+        directory = Path(dirpath)
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                directory.rmdir()
+                break
+            except FileNotFoundError:
+                break
+            except OSError as exc:
+                if exc.errno != errno.EBUSY or time.monotonic() > deadline:
+                    problems.append(f"rmdir {directory}: {exc.strerror}")
+                    break
+            time.sleep(0.01)
+    return problems

@@ -1,0 +1,144 @@
+"""Version, Status, RuntimeConfig, UpdateRuntimeConfig, ImageFsInfo and unbuilt RPCs."""
+
+from __future__ import annotations
+
+import json
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from cri_api.v1 import api_pb2 as pb
+
+from tests.e2e.agent import Agent
+from tests.e2e.pods import assert_rpc_error
+
+pytestmark = pytest.mark.root
+
+
+def _conditions(agent: Agent) -> dict[str, Any]:
+    status = agent.runtime.Status(pb.StatusRequest()).status
+    return {condition.type: condition for condition in status.conditions}
+
+
+def _verbose_info(agent: Agent) -> dict[str, str]:
+    return dict(agent.runtime.Status(pb.StatusRequest(verbose=True)).info)
+
+
+def test_version_names_moorage_and_cri_v1(agent: Agent) -> None:
+    answer = agent.runtime.Version(pb.VersionRequest())
+
+    assert answer.runtime_name == "moorage"
+    assert answer.runtime_api_version == "v1"
+    assert answer.runtime_version == version("moorage")
+
+
+def test_status_reports_the_runtime_ready(agent: Agent) -> None:
+    conditions = _conditions(agent)
+
+    assert conditions["RuntimeReady"].status is True
+
+
+def test_status_explains_a_network_that_is_not_ready(agent: Agent) -> None:
+    network = _conditions(agent)["NetworkReady"]
+
+    if not network.status:
+        assert network.reason
+        assert network.message
+
+
+def test_status_without_verbose_has_no_info(agent: Agent) -> None:
+    assert _verbose_info(agent) != {}
+    assert dict(agent.runtime.Status(pb.StatusRequest()).info) == {}
+
+
+def test_verbose_status_shows_the_effective_config(agent: Agent) -> None:
+    config = json.loads(_verbose_info(agent)["config"])
+
+    assert config["runtime"]["default_cgroup_parent"] == agent.cgroup_parent
+    assert config["root_dir"] == str(agent.root_dir)
+    assert config["run_dir"] == str(agent.run_dir)
+    assert config["socket"] == str(agent.socket)
+    assert config["shutdown_grace_s"] == 2.0
+
+
+def test_runtime_config_reports_the_cgroupfs_driver(agent: Agent) -> None:
+    answer = agent.runtime.RuntimeConfig(pb.RuntimeConfigRequest())
+
+    assert answer.linux.cgroup_driver == pb.CGROUPFS
+
+
+def _update_pod_cidr(agent: Agent, cidr: str) -> None:
+    agent.runtime.UpdateRuntimeConfig(
+        pb.UpdateRuntimeConfigRequest(
+            runtime_config=pb.RuntimeConfig(network_config=pb.NetworkConfig(pod_cidr=cidr))
+        )
+    )
+
+
+def test_update_runtime_config_stores_the_pod_cidr(agent: Agent) -> None:
+    assert _verbose_info(agent)["podCIDR"] != "10.244.0.0/16"
+
+    _update_pod_cidr(agent, "10.244.0.0/16")
+
+    assert _verbose_info(agent)["podCIDR"] == "10.244.0.0/16"
+
+
+def test_pod_cidr_survives_an_agent_restart(agent: Agent) -> None:
+    _update_pod_cidr(agent, "10.245.0.0/16")
+
+    agent.restart()
+
+    assert _verbose_info(agent)["podCIDR"] == "10.245.0.0/16"
+
+
+@pytest.mark.parametrize("cidr", ["10.244.0.0/33", "not-a-cidr", "10.244.0.1/16"])
+def test_update_runtime_config_rejects_a_malformed_cidr(agent: Agent, cidr: str) -> None:
+    before = _verbose_info(agent)["podCIDR"]
+
+    assert_rpc_error(
+        lambda: _update_pod_cidr(agent, cidr), grpc.StatusCode.INVALID_ARGUMENT, "pod_cidr", cidr
+    )
+    assert _verbose_info(agent)["podCIDR"] == before
+
+
+def test_image_fs_info_reports_filesystems_under_the_root_dir(agent: Agent) -> None:
+    answer = agent.images.ImageFsInfo(pb.ImageFsInfoRequest())
+
+    assert len(answer.image_filesystems) == 1
+    assert len(answer.container_filesystems) == 1
+    for usage in (*answer.image_filesystems, *answer.container_filesystems):
+        mountpoint = Path(usage.fs_id.mountpoint)
+        assert mountpoint.is_relative_to(agent.root_dir), mountpoint
+        assert mountpoint.is_dir()
+        assert usage.timestamp > 0
+        assert usage.HasField("used_bytes")
+        assert usage.HasField("inodes_used")
+
+
+def test_unbuilt_runtime_rpc_answers_unimplemented_naming_the_method(agent: Agent) -> None:
+    request = pb.ExecSyncRequest(container_id="c0ffee", cmd=["true"], timeout=1)
+
+    assert_rpc_error(
+        lambda: agent.runtime.ExecSync(request), grpc.StatusCode.UNIMPLEMENTED, "ExecSync"
+    )
+
+
+def test_unbuilt_image_rpc_answers_unimplemented_naming_the_method(agent: Agent) -> None:
+    assert_rpc_error(
+        lambda: agent.images.ListImages(pb.ListImagesRequest()),
+        grpc.StatusCode.UNIMPLEMENTED,
+        "ListImages",
+    )
+
+
+def test_the_agent_keeps_answering_after_failed_calls(agent: Agent) -> None:
+    for _ in range(3):
+        assert_rpc_error(
+            lambda: agent.images.ListImages(pb.ListImagesRequest()),
+            grpc.StatusCode.UNIMPLEMENTED,
+        )
+
+    assert agent.runtime.Version(pb.VersionRequest()).runtime_name == "moorage"
+    assert agent.running

@@ -1,0 +1,184 @@
+"""Malformed RunPodSandbox requests: the right code, a message naming the field, no residue."""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import grpc
+import pytest
+from cri_api.v1 import api_pb2 as pb
+
+from tests.e2e.agent import Agent, AgentFactory
+from tests.e2e.pods import assert_rpc_error, pod_config
+
+pytestmark = pytest.mark.root
+
+INVALID = grpc.StatusCode.INVALID_ARGUMENT
+
+
+def _run_request(agent: Agent, request: Any) -> None:
+    agent.runtime.RunPodSandbox(request, timeout=10)
+
+
+def _assert_nothing_left(agent: Agent) -> None:
+    assert agent.leftovers() == []
+    assert agent.db_sandbox_count() == 0
+
+
+def test_missing_config_is_invalid(agent: Agent) -> None:
+    assert_rpc_error(lambda: _run_request(agent, pb.RunPodSandboxRequest()), INVALID, "config")
+    _assert_nothing_left(agent)
+
+
+def test_missing_metadata_is_invalid(agent: Agent) -> None:
+    request = pb.RunPodSandboxRequest()
+    request.config.hostname = "no-metadata"
+
+    assert_rpc_error(lambda: _run_request(agent, request), INVALID, "metadata")
+    _assert_nothing_left(agent)
+
+
+def test_empty_config_is_invalid(agent: Agent) -> None:
+    request = pb.RunPodSandboxRequest()
+    request.config.SetInParent()
+
+    assert_rpc_error(lambda: _run_request(agent, request), INVALID, "metadata")
+
+
+@pytest.mark.parametrize("field", ["name", "uid", "namespace"])
+def test_empty_metadata_field_is_invalid_naming_the_field(agent: Agent, field: str) -> None:
+    config = pod_config()
+    setattr(config.metadata, field, "")
+
+    assert_rpc_error(lambda: agent.run_pod(config), INVALID, f"metadata.{field}")
+    _assert_nothing_left(agent)
+
+
+def test_unknown_runtime_handler_is_not_found(agent: Agent) -> None:
+    config = pod_config()
+
+    assert_rpc_error(
+        lambda: agent.run_pod(config, runtime_handler="kata"), grpc.StatusCode.NOT_FOUND, "kata"
+    )
+    _assert_nothing_left(agent)
+    agent.run_pod(config)  # the name was never taken
+
+
+def test_non_namespaced_sysctl_is_invalid(agent: Agent) -> None:
+    config = pod_config(sysctls={"kernel.panic": "10"})
+
+    assert_rpc_error(lambda: agent.run_pod(config), INVALID, "kernel.panic")
+    _assert_nothing_left(agent)
+
+
+def test_net_sysctl_with_the_host_network_is_invalid(agent: Agent) -> None:
+    config = pod_config(network=pb.NODE, sysctls={"net.ipv4.ip_unprivileged_port_start": "80"})
+
+    assert_rpc_error(lambda: agent.run_pod(config), INVALID, "net.ipv4.ip_unprivileged_port_start")
+    _assert_nothing_left(agent)
+
+
+def test_ipc_sysctl_with_the_host_ipc_namespace_is_invalid(agent: Agent) -> None:
+    config = pod_config(ipc=pb.NODE, sysctls={"kernel.shm_rmid_forced": "1"})
+
+    assert_rpc_error(lambda: agent.run_pod(config), INVALID, "kernel.shm_rmid_forced")
+    _assert_nothing_left(agent)
+
+
+def test_nonexistent_sysctl_is_invalid_and_leaves_nothing_behind(agent: Agent) -> None:
+    """The sysctl is written last, inside the pod's namespaces: every earlier step is undone."""
+    config = pod_config(sysctls={"net.ipv4.e2e_no_such_knob": "1"})
+
+    assert_rpc_error(lambda: agent.run_pod(config), INVALID, "net.ipv4.e2e_no_such_knob")
+
+    _assert_nothing_left(agent)
+
+
+def test_a_failed_run_frees_the_name(agent: Agent) -> None:
+    config = pod_config(sysctls={"net.ipv4.e2e_no_such_knob": "1"})
+    assert_rpc_error(lambda: agent.run_pod(config), INVALID)
+    del config.linux.sysctls["net.ipv4.e2e_no_such_knob"]
+
+    pod_id = agent.run_pod(config)
+
+    assert agent.pod_status(pod_id).state == pb.SANDBOX_READY
+
+
+def test_invalid_sysctl_value_is_invalid_and_leaves_nothing_behind(agent: Agent) -> None:
+    config = pod_config(sysctls={"net.ipv4.ip_unprivileged_port_start": "not-a-number"})
+
+    assert_rpc_error(lambda: agent.run_pod(config), INVALID, "ip_unprivileged_port_start")
+    _assert_nothing_left(agent)
+
+
+def test_blank_dns_server_is_invalid_and_leaves_nothing_behind(agent: Agent) -> None:
+    config = pod_config(dns=pb.DNSConfig(servers=["10.96.0.10", " "]))
+
+    assert_rpc_error(lambda: agent.run_pod(config), INVALID, "dns_config")
+    _assert_nothing_left(agent)
+
+
+def test_target_namespace_mode_is_invalid_for_a_pod(agent: Agent) -> None:
+    config = pod_config(pid=pb.TARGET)
+
+    assert_rpc_error(lambda: agent.run_pod(config), INVALID, "pid")
+    _assert_nothing_left(agent)
+
+
+def test_cgroup_parent_with_dotdot_is_invalid(agent: Agent) -> None:
+    config = pod_config()
+    config.linux.cgroup_parent = "/moorage-e2e/../../escape"
+
+    assert_rpc_error(lambda: agent.run_pod(config), INVALID, "cgroup_parent")
+    _assert_nothing_left(agent)
+
+
+def test_out_of_range_port_is_invalid(agent: Agent) -> None:
+    config = pod_config()
+    config.port_mappings.add(protocol=pb.TCP, container_port=80, host_port=70000)
+
+    assert_rpc_error(lambda: agent.run_pod(config), INVALID, "host_port")
+    _assert_nothing_left(agent)
+
+
+def test_status_with_an_empty_id_is_invalid(agent: Agent) -> None:
+    assert_rpc_error(lambda: agent.pod_status(""), INVALID, "pod_sandbox_id")
+
+
+def test_an_ambiguous_id_prefix_is_invalid(agent: Agent) -> None:
+    by_first_digit: dict[str, str] = {}
+    while True:
+        pod_id = agent.run_pod(pod_config(pid=pb.CONTAINER))
+        if pod_id[0] in by_first_digit:
+            break
+        by_first_digit[pod_id[0]] = pod_id
+
+    assert_rpc_error(lambda: agent.pod_status(pod_id[0]), INVALID, "ambiguous")
+
+
+def test_missing_infra_binary_fails_the_pod_and_leaves_nothing_behind(
+    agent_factory: AgentFactory,
+) -> None:
+    agent = agent_factory(extra_runtime_config='infra_command = ["/nonexistent/e2e-init"]\n')
+    config = pod_config(pid=pb.POD)
+
+    assert_rpc_error(
+        lambda: agent.run_pod(config), grpc.StatusCode.FAILED_PRECONDITION, "/nonexistent/e2e-init"
+    )
+    _assert_nothing_left(agent)
+    # Pods without a shared PID namespace need no infra process.
+    agent.run_pod(pod_config(pid=pb.CONTAINER))
+
+
+def test_the_agent_survives_every_malformed_request(agent: Agent) -> None:
+    bad_configs = [
+        pod_config(sysctls={"kernel.panic": "1"}),
+        pod_config(sysctls={"net.ipv4.e2e_no_such_knob": "1"}),
+        pod_config(pid=pb.TARGET),
+    ]
+    for config in bad_configs:
+        assert_rpc_error(functools.partial(agent.run_pod, config), INVALID)
+
+    assert agent.running
+    assert agent.run_pod(pod_config())

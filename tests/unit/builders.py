@@ -1,0 +1,76 @@
+"""Model objects for unit tests: every field set, so a lost field shows up in comparisons."""
+
+from __future__ import annotations
+
+from runtime.model import (
+    DnsConfig,
+    InfraProcess,
+    NamespaceMode,
+    NamespaceOptions,
+    PodMetadata,
+    PortMapping,
+    Protocol,
+    Sandbox,
+    SandboxConfig,
+    SandboxState,
+)
+
+
+def pod_config(
+    name: str = "web",
+    *,
+    uid: str = "uid-1",
+    namespace: str = "default",
+    attempt: int = 0,
+    labels: dict[str, str] | None = None,
+) -> SandboxConfig:
+    return SandboxConfig(
+        metadata=PodMetadata(name=name, uid=uid, namespace=namespace, attempt=attempt),
+        hostname=f"{name}-host",
+        log_directory=f"/var/log/pods/{namespace}_{name}_{uid}",
+        dns=DnsConfig(
+            servers=["10.96.0.10"],
+            searches=["default.svc.cluster.local", "svc.cluster.local"],
+            options=["ndots:5"],
+        ),
+        port_mappings=[
+            PortMapping(Protocol.TCP, 80, 8080, "127.0.0.1"),
+            PortMapping(Protocol.UDP, 53, 5353),
+        ],
+        labels={"app": name} if labels is None else labels,
+        annotations={"kubernetes.io/config.source": "api"},
+        cgroup_parent="/kubepods/besteffort/pod" + uid,
+        sysctls={"net.ipv4.ip_forward": "1"},
+        namespaces=NamespaceOptions(
+            network=NamespaceMode.POD,
+            pid=NamespaceMode.CONTAINER,
+            ipc=NamespaceMode.POD,
+            target_id="",
+        ),
+        privileged=False,
+        runtime_handler="runc",
+    )
+
+
+def sandbox(
+    sandbox_id: str = "a1b2c3",
+    *,
+    name: str = "web",
+    uid: str | None = None,
+    state: SandboxState = SandboxState.READY,
+    created_at_ns: int = 1_000,
+    labels: dict[str, str] | None = None,
+    infra: InfraProcess | None = None,
+) -> Sandbox:
+    return Sandbox(
+        id=sandbox_id,
+        config=pod_config(name, uid=uid or f"uid-{sandbox_id}", labels=labels),
+        state=state,
+        created_at_ns=created_at_ns,
+        runtime_handler="runc",
+        cgroup_path=f"/kubepods/moorage-{sandbox_id}",
+        pins={"net": f"/run/moorage/netns/{sandbox_id}", "ipc": f"/run/moorage/ipcns/{sandbox_id}"},
+        shm_path=f"/run/moorage/sandboxes/{sandbox_id}/shm",
+        resolv_conf_path=f"/var/lib/moorage/sandboxes/{sandbox_id}/resolv.conf",
+        infra=infra,
+    )
