@@ -51,6 +51,10 @@ def sandbox_config_from_proto(request: Any) -> SandboxConfig:
     for field in ("name", "uid", "namespace"):
         if not getattr(md, field):
             raise InvalidArgument(f"config.metadata.{field} is empty")
+    if config.log_directory and not config.log_directory.startswith("/"):
+        raise InvalidArgument(
+            f"config.log_directory {config.log_directory!r} must be an absolute path"
+        )
     linux = config.linux
     ns = linux.security_context.namespace_options
     field = "config.linux.security_context.namespace_options"

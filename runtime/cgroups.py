@@ -6,9 +6,11 @@ that matter to us, so pods get v1 cgroups only.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import errno
 import os
+import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -102,6 +104,14 @@ class CgroupLayout:
         for directory in self.dirs(cgroup_path):
             (directory / "cgroup.procs").write_text(str(pid))
 
+    def kill_all(self, cgroup_path: str) -> None:
+        """SIGKILL every process left in the cgroup or below it."""
+        for directory in self.dirs(cgroup_path):
+            for dirpath, _, _ in os.walk(directory):
+                for pid in _read_if_present(Path(dirpath) / "cgroup.procs").split():
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(int(pid), signal.SIGKILL)
+
     def exists(self, cgroup_path: str) -> bool:
         return any(d.is_dir() for d in self.dirs(cgroup_path))
 
@@ -123,14 +133,20 @@ def _create_v1(root: Path, cgroup_path: str, *, cpuset: bool) -> None:
     current = root
     for part in Path(cgroup_path.strip("/")).parts:
         parent, current = current, current / part
-        try:
-            current.mkdir()
-        except FileExistsError:
-            continue
+        current.mkdir(exist_ok=True)
         if cpuset:
             # A new v1 cpuset starts empty and refuses tasks until it inherits cpus and mems.
+            # Fill it even when another pod made it: that pod may not have filled it yet.
             for name in ("cpuset.cpus", "cpuset.mems"):
-                (current / name).write_text((parent / name).read_text())
+                if not _read_if_present(current / name).strip():
+                    (current / name).write_text((parent / name).read_text())
+
+
+def _read_if_present(path: Path) -> str:
+    try:
+        return path.read_text()
+    except FileNotFoundError:
+        return ""
 
 
 def _create_v2(root: Path, cgroup_path: str) -> None:

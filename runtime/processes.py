@@ -32,6 +32,24 @@ def is_running(proc: InfraProcess) -> bool:
     return fields is not None and fields[0] != "Z" and int(fields[19]) == proc.start_ticks
 
 
+def find_by_environment(key: str, value: str) -> list[InfraProcess]:
+    """Processes whose environment holds key=value: a marker set before they were forked."""
+    wanted = f"{key}={value}".encode()
+    found = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/environ", "rb") as f:
+                environment = f.read().split(b"\0")
+            if wanted in environment:
+                pid = int(entry.name)
+                found.append(InfraProcess(pid, start_ticks(pid)))
+        except (FileNotFoundError, ProcessLookupError, PermissionError):
+            continue
+    return found
+
+
 def kill_and_wait(proc: InfraProcess, timeout_s: float = 5.0) -> None:
     if not is_running(proc):
         return

@@ -14,8 +14,8 @@ from network.namespaces import is_pinned, unpin
 from runtime.cgroups import CgroupLayout
 from runtime.model import Sandbox, SandboxState
 from runtime.mounts import unmount_if_mounted
-from runtime.processes import is_running
-from runtime.sandbox_setup import remove_sandbox, sandbox_paths, stop_sandbox
+from runtime.processes import find_by_environment, is_running, kill_and_wait
+from runtime.sandbox_setup import INFRA_MARKER, remove_sandbox, sandbox_paths, stop_sandbox
 from runtime.sandbox_store import SandboxStore
 from runtime.settings import RuntimeSettings
 
@@ -28,20 +28,34 @@ def reconcile_sandboxes(
     """Bring rows and host objects back in line; returns one line per thing fixed."""
     fixed: list[str] = []
     for sandbox in store.all():
-        if sandbox.state is SandboxState.CREATING:
-            remove_sandbox(settings, cgroups, sandbox, None)
-            store.delete(sandbox.id)
-            fixed.append(f"removed half-built sandbox {sandbox.id}")
-        elif sandbox.state is SandboxState.READY:
-            problem = _broken_part(sandbox)
-            if problem:
-                stop_sandbox(settings, sandbox, None)
-                store.update(sandbox.id, lambda s: replace(s, state=SandboxState.NOTREADY))
-                fixed.append(f"sandbox {sandbox.id} is not ready: {problem}")
-        else:
-            stop_sandbox(settings, sandbox, None)
+        try:
+            fixed += _reconcile(settings, cgroups, store, sandbox)
+        except OSError as exc:
+            # One pod the host will not let go of must not keep the agent from serving.
+            fixed.append(f"could not reconcile sandbox {sandbox.id}: {exc}")
     fixed += _remove_orphans(settings, {s.id for s in store.all()})
     return fixed
+
+
+def _reconcile(
+    settings: RuntimeSettings, cgroups: CgroupLayout, store: SandboxStore, sandbox: Sandbox
+) -> list[str]:
+    if sandbox.state is SandboxState.CREATING:
+        # The agent may have died between starting the infra process and recording it.
+        for process in find_by_environment(INFRA_MARKER, sandbox.id):
+            kill_and_wait(process)
+        remove_sandbox(settings, cgroups, sandbox, None)
+        store.delete(sandbox.id)
+        return [f"removed half-built sandbox {sandbox.id}"]
+    if sandbox.state is SandboxState.NOTREADY:
+        stop_sandbox(settings, sandbox, None)
+        return []
+    problem = _broken_part(sandbox)
+    if not problem:
+        return []
+    stop_sandbox(settings, sandbox, None)
+    store.update(sandbox.id, lambda s: replace(s, state=SandboxState.NOTREADY))
+    return [f"sandbox {sandbox.id} is not ready: {problem}"]
 
 
 def _broken_part(sandbox: Sandbox) -> str:

@@ -16,13 +16,15 @@ from pathlib import Path
 
 from network.namespaces import bring_up_loopback, pin_current, unpin, unshared
 from runtime.cgroups import CgroupLayout
-from runtime.errors import FailedPrecondition
+from runtime.errors import FailedPrecondition, InvalidArgument
 from runtime.model import InfraProcess, NamespaceMode, NamespaceOptions, Sandbox
 from runtime.mounts import mount_shm, unmount_if_mounted
 from runtime.processes import kill_and_wait, start_ticks
 from runtime.resolv import render_resolv_conf
 from runtime.settings import RuntimeSettings
 from runtime.sysctls import apply_sysctls
+
+INFRA_MARKER = "MOORAGE_SANDBOX_ID"
 
 
 @dataclass
@@ -63,7 +65,7 @@ def build_sandbox(
             undo.callback(shutil.rmtree, directory, ignore_errors=True)
         Path(sandbox.resolv_conf_path).write_text(render_resolv_conf(config.dns))
         if config.log_directory:
-            Path(config.log_directory).mkdir(parents=True, exist_ok=True)
+            _make_log_directory(Path(config.log_directory))
 
         cgroups.create(sandbox.cgroup_path)
         undo.callback(cgroups.remove, sandbox.cgroup_path)
@@ -88,7 +90,7 @@ def build_sandbox(
                 undo.callback(unpin, pin)
                 pins[kind] = str(pin)
             if config.namespaces.pid is NamespaceMode.POD:
-                child, infra = _start_infra(settings.infra_command)
+                child, infra = _start_infra(settings.infra_command, sandbox.id)
                 undo.callback(_stop_infra, infra, child)
         if infra is not None:
             cgroups.add_process(sandbox.cgroup_path, infra.pid)
@@ -96,12 +98,26 @@ def build_sandbox(
     return BuiltSandbox(pins, infra, child)
 
 
-def _start_infra(command: tuple[str, ...]) -> tuple[subprocess.Popen[bytes], InfraProcess]:
+def _make_log_directory(path: Path) -> None:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InvalidArgument(
+            f"config.log_directory {str(path)!r} cannot be created: {exc.strerror}"
+        ) from None
+
+
+def _start_infra(
+    command: tuple[str, ...], sandbox_id: str
+) -> tuple[subprocess.Popen[bytes], InfraProcess]:
     """Start the infra process as pid 1 of a new PID namespace inside the pod's others."""
     with unshared(["pid"]):
         try:
             child = subprocess.Popen(
                 list(command),
+                # Set before the fork, so recovery finds the process even if the agent dies
+                # before state.db learns its pid.
+                env={INFRA_MARKER: sandbox_id},
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
@@ -141,6 +157,7 @@ def remove_sandbox(
     infra_child: subprocess.Popen[bytes] | None,
 ) -> None:
     stop_sandbox(settings, sandbox, infra_child)
+    cgroups.kill_all(sandbox.cgroup_path)
     cgroups.remove(sandbox.cgroup_path)
     sandbox_dir, run_dir, _ = sandbox_paths(settings, sandbox.id)
     shutil.rmtree(sandbox_dir, ignore_errors=True)

@@ -8,10 +8,11 @@ undone; never half of each. On shutdown, drain() lets the ones under way finish.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import secrets
 import subprocess
 import time
-from collections.abc import Coroutine
+from collections.abc import AsyncIterator, Coroutine
 from dataclasses import replace
 from typing import Any, TypeVar
 
@@ -141,11 +142,7 @@ class SandboxManager:
         return ready
 
     async def _stop(self, id_or_prefix: str) -> None:
-        found = self.store.find(id_or_prefix)
-        if found is None:
-            return
-        async with self._lock(found.id):
-            sandbox = self.store.find(found.id)
+        async with self._locked(id_or_prefix) as sandbox:
             if sandbox is None:
                 return
             child = self._infra_children.get(sandbox.id)
@@ -156,11 +153,7 @@ class SandboxManager:
                 log.info("sandbox stopped", sandbox_id=sandbox.id)
 
     async def _remove(self, id_or_prefix: str) -> None:
-        found = self.store.find(id_or_prefix)
-        if found is None:
-            return
-        async with self._lock(found.id):
-            sandbox = self.store.find(found.id)
+        async with self._locked(id_or_prefix) as sandbox:
             if sandbox is None:
                 return
             child = self._infra_children.get(sandbox.id)
@@ -168,7 +161,17 @@ class SandboxManager:
             self._infra_children.pop(sandbox.id, None)
             self.store.delete(sandbox.id)
             log.info("sandbox removed", sandbox_id=sandbox.id)
-        self._locks.pop(found.id, None)
+        self._locks.pop(sandbox.id, None)
+
+    @contextlib.asynccontextmanager
+    async def _locked(self, id_or_prefix: str) -> AsyncIterator[Sandbox | None]:
+        """The sandbox under its lock, looked up again once the lock is held; None if gone."""
+        found = self.store.find(id_or_prefix)
+        if found is None:
+            yield None
+            return
+        async with self._lock(found.id):
+            yield self.store.find(found.id)
 
     def _lock(self, sandbox_id: str) -> asyncio.Lock:
         return self._locks.setdefault(sandbox_id, asyncio.Lock())

@@ -118,6 +118,8 @@ class Agent:
                 stderr=subprocess.STDOUT,
                 # A ^C to pytest must not reach the agent before teardown stops it.
                 start_new_session=True,
+                # Anything the agent resolves against its cwd lands in its temp dir.
+                cwd=self.base_dir,
             )
         self._wait_until_serving()
 
@@ -301,12 +303,17 @@ class Agent:
         problems: list[str] = []
         if self.running:
             try:
-                for pod_id in self.list_pod_ids():
-                    with contextlib.suppress(grpc.RpcError, json.JSONDecodeError, KeyError):
-                        self.pod_info(pod_id)
-                    self.remove_pod(pod_id)
+                pod_ids = self.list_pod_ids()
             except grpc.RpcError as exc:
-                problems.append(f"removing pods through the agent: {exc}")
+                problems.append(f"listing pods through the agent: {exc}")
+                pod_ids = set()
+            for pod_id in pod_ids:
+                with contextlib.suppress(grpc.RpcError, json.JSONDecodeError, KeyError):
+                    self.pod_info(pod_id)
+                try:
+                    self.remove_pod(pod_id)
+                except grpc.RpcError as exc:
+                    problems.append(f"removing pod {pod_id} through the agent: {exc}")
         if self.process is not None:
             try:
                 self.terminate()

@@ -110,3 +110,18 @@ def ns_pid_chain(pid: int) -> list[int]:
 
 def process_name(pid: int) -> str:
     return Path(f"/proc/{pid}/comm").read_text().strip()
+
+
+def children_of(pid: int) -> list[int]:
+    """Direct children of every thread of `pid`."""
+    found: list[int] = []
+    try:
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+    except FileNotFoundError:
+        return found
+    for task in tasks:
+        try:
+            found += [int(child) for child in (task / "children").read_text().split()]
+        except FileNotFoundError:
+            continue
+    return found

@@ -75,6 +75,8 @@ def test_fifty_run_stop_remove_cycles_leave_nothing_behind(agent: Agent) -> None
 
 
 def test_concurrent_runs_and_removals_leave_nothing_behind(agent: Agent) -> None:
+    # One pod first, so the shared cgroup parent exists before the burst.
+    agent.remove_pod(agent.run_pod(pod_config()))
     configs = [pod_config(pid=pb.POD if i % 2 else pb.CONTAINER) for i in range(12)]
     with ThreadPoolExecutor(max_workers=6) as pool:
         pod_ids = list(pool.map(agent.run_pod, configs))
@@ -104,3 +106,23 @@ def test_concurrent_runs_of_one_name_create_exactly_one_pod(agent: Agent) -> Non
     assert sorted(set(outcomes) - set(winners)) == ["error:ALREADY_EXISTS"]
     assert agent.list_pod_ids() == set(winners)
     assert rpc_error(lambda: agent.run_pod(config)).code() == grpc.StatusCode.ALREADY_EXISTS
+
+
+def _outcome(agent: Agent, config: Any) -> str:
+    try:
+        return agent.run_pod(config)
+    except grpc.RpcError as error:
+        return f"error:{error.code().name}: {error.details()}"
+
+
+def test_concurrent_first_pods_under_a_new_cgroup_parent_all_start(agent: Agent) -> None:
+    """Regression: pods racing to create a new v1 cpuset parent got ENOSPC (empty cpuset)."""
+    failures: list[str] = []
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        for batch in range(8):
+            configs = [pod_config() for _ in range(6)]
+            for config in configs:
+                config.linux.cgroup_parent = f"{agent.cgroup_parent}/batch-{batch}"
+            outcomes = list(pool.map(functools.partial(_outcome, agent), configs))
+            failures += [o for o in outcomes if o.startswith("error:")]
+    assert failures == []

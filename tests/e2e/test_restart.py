@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
 import signal
 import subprocess
+from collections.abc import Callable
 from typing import Any
 
 import grpc
@@ -12,7 +15,15 @@ import pytest
 from cri_api.v1 import api_pb2 as pb
 
 from tests.e2e.agent import MOORAGE, Agent, AgentFactory
-from tests.e2e.kernel import is_alive, mount_at, process_id, wait_until
+from tests.e2e.kernel import (
+    ProcessId,
+    children_of,
+    is_alive,
+    mount_at,
+    process_id,
+    process_name,
+    wait_until,
+)
 from tests.e2e.pods import assert_rpc_error, pod_config
 
 pytestmark = pytest.mark.root
@@ -106,7 +117,7 @@ def test_a_pod_whose_pin_vanished_while_the_agent_was_down_is_not_ready(agent: A
     assert any("recovered" in line and net_pin in line for line in agent.log_text().splitlines())
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_stopping_the_agent_exits_0_removes_the_socket_and_leaves_pods_running(
     agent: Agent, sig: signal.Signals
 ) -> None:
@@ -197,3 +208,68 @@ def test_a_second_agent_on_the_same_socket_refuses_to_start(agent: Agent) -> Non
     assert result.returncode != 0
     assert str(agent.socket) in result.stderr
     assert agent.runtime.Version(pb.VersionRequest()).runtime_name == "moorage"
+
+
+def _is_gone(proc: ProcessId) -> bool:
+    return not is_alive(proc)
+
+
+def _kill9_when(agent: Agent, config: Any, moment: Callable[[], int | None]) -> int | None:
+    """Send RunPodSandbox and kill -9 the agent the moment `moment()` returns a value.
+
+    Returns that value, or None when the call finished first (the pod is then whole).
+    """
+    call = agent.runtime.RunPodSandbox.future(pb.RunPodSandboxRequest(config=config), timeout=10)
+    agent_pid = agent.pid
+    seen = None
+    while not call.done():
+        seen = moment()
+        if seen is not None:
+            os.kill(agent_pid, signal.SIGKILL)
+            break
+    agent.kill9()
+    with contextlib.suppress(grpc.RpcError):
+        call.result()
+    return seen
+
+
+def _assert_whole_pods_only(agent: Agent) -> None:
+    """Every listed pod is READY with its pins mounted; nothing else is left."""
+    for pod in agent.list_pods():
+        assert pod.state == pb.SANDBOX_READY
+        for pin in agent.pod_info(pod.id)["pins"].values():
+            assert mount_at(pin) is not None, pin
+        agent.remove_pod(pod.id)
+    assert agent.leftovers() == []
+
+
+def test_kill9_during_run_pod_sandbox_leaves_a_whole_pod_or_nothing(agent: Agent) -> None:
+    """Pods without infra: the crash lands while dirs, mounts, cgroups and pins are made."""
+    sandboxes_run_dir = agent.run_dir / "sandboxes"
+
+    def building() -> int | None:
+        return 1 if sandboxes_run_dir.is_dir() and any(sandboxes_run_dir.iterdir()) else None
+
+    for _ in range(4):
+        _kill9_when(agent, pod_config(pid=pb.CONTAINER), building)
+        agent.start()
+        _assert_whole_pods_only(agent)
+
+
+def test_kill9_while_the_infra_process_starts_leaves_no_infra_behind(agent: Agent) -> None:
+    """Regression: catatonit leaked (and blocked the next start) when the agent died before
+    the READY commit recorded its pid."""
+
+    def infra_started() -> int | None:
+        started = [pid for pid in children_of(agent.pid) if process_name(pid) == "catatonit"]
+        return started[0] if started else None
+
+    for _ in range(4):
+        infra_pid = _kill9_when(agent, pod_config(pid=pb.POD), infra_started)
+        infra = process_id(infra_pid) if infra_pid is not None else None
+        if infra is not None:
+            agent.seen_infra.add(infra)  # so teardown ends it whatever happens
+        agent.start()
+        _assert_whole_pods_only(agent)
+        if infra is not None:
+            assert wait_until(functools.partial(_is_gone, infra)), f"infra {infra.pid} leaked"

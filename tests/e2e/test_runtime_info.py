@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
@@ -12,9 +14,12 @@ import pytest
 from cri_api.v1 import api_pb2 as pb
 
 from tests.e2e.agent import Agent
-from tests.e2e.pods import assert_rpc_error
+from tests.e2e.kernel import wait_until
+from tests.e2e.pods import assert_rpc_error, pod_config
 
 pytestmark = pytest.mark.root
+
+MIB = 1024 * 1024
 
 
 def _conditions(agent: Agent) -> dict[str, Any]:
@@ -142,3 +147,39 @@ def test_the_agent_keeps_answering_after_failed_calls(agent: Agent) -> None:
 
     assert agent.runtime.Version(pb.VersionRequest()).runtime_name == "moorage"
     assert agent.running
+
+
+def test_image_fs_info_reports_the_real_usage_of_the_image_store(agent: Agent) -> None:
+    before = agent.images.ImageFsInfo(pb.ImageFsInfoRequest()).image_filesystems[0]
+    blob = Path(before.fs_id.mountpoint) / "e2e-blob"
+    blob.write_bytes(os.urandom(MIB))
+
+    after = agent.images.ImageFsInfo(pb.ImageFsInfoRequest()).image_filesystems[0]
+
+    assert after.used_bytes.value >= before.used_bytes.value + MIB
+    assert after.inodes_used.value == before.inodes_used.value + 1
+    assert after.timestamp >= before.timestamp
+
+
+def test_status_lists_the_configured_runtime_handlers(agent: Agent) -> None:
+    handlers = agent.runtime.Status(pb.StatusRequest()).runtime_handlers
+
+    assert {"crun", "runc"} <= {handler.name for handler in handlers}
+
+
+def test_the_socket_is_a_unix_socket_of_mode_0660(agent: Agent) -> None:
+    mode = os.stat(agent.socket).st_mode
+
+    assert stat.S_ISSOCK(mode)
+    assert stat.S_IMODE(mode) == 0o660
+
+
+def test_every_call_is_logged_with_method_code_and_object_id(agent: Agent) -> None:
+    pod_id = agent.run_pod(pod_config())
+    assert_rpc_error(lambda: agent.pod_status("0" * 64), grpc.StatusCode.NOT_FOUND)
+
+    def logged(*parts: str) -> bool:
+        return any(all(p in line for p in parts) for line in agent.log_text().splitlines())
+
+    assert wait_until(lambda: logged("RunPodSandbox", "OK", pod_id))
+    assert wait_until(lambda: logged("PodSandboxStatus", "NOT_FOUND", "0" * 64))

@@ -10,7 +10,7 @@ import pytest
 from cri_api.v1 import api_pb2 as pb
 
 from tests.e2e.agent import Agent, AgentFactory
-from tests.e2e.pods import assert_rpc_error, pod_config
+from tests.e2e.pods import assert_rpc_error, pod_config, rpc_error
 
 pytestmark = pytest.mark.root
 
@@ -95,13 +95,27 @@ def test_nonexistent_sysctl_is_invalid_and_leaves_nothing_behind(agent: Agent) -
     _assert_nothing_left(agent)
 
 
-def test_a_failed_run_frees_the_name(agent: Agent) -> None:
-    config = pod_config(sysctls={"net.ipv4.e2e_no_such_knob": "1"})
-    assert_rpc_error(lambda: agent.run_pod(config), INVALID)
-    del config.linux.sysctls["net.ipv4.e2e_no_such_knob"]
+FAILED_RUNS = {
+    # Refused before the name is reserved.
+    "unknown-handler": (pod_config(), "kata"),
+    "non-namespaced-sysctl": (pod_config(sysctls={"kernel.panic": "1"}), ""),
+    # Refused while the pod's kernel objects are being built: the reservation is undone.
+    "nonexistent-sysctl": (pod_config(sysctls={"net.ipv4.e2e_no_such_knob": "1"}), ""),
+    "blank-dns-server": (pod_config(dns=pb.DNSConfig(servers=[" "])), ""),
+}
 
-    pod_id = agent.run_pod(config)
 
+@pytest.mark.parametrize("case", list(FAILED_RUNS))
+def test_a_failed_run_frees_the_name(agent: Agent, case: str) -> None:
+    bad_config, handler = FAILED_RUNS[case]
+    error = rpc_error(lambda: agent.run_pod(bad_config, runtime_handler=handler))
+    assert error.code() in (INVALID, grpc.StatusCode.NOT_FOUND), error.details()
+    good_config = pod_config()
+    good_config.metadata.CopyFrom(bad_config.metadata)
+
+    pod_id = agent.run_pod(good_config)
+
+    assert agent.pod_status(pod_id).metadata == bad_config.metadata
     assert agent.pod_status(pod_id).state == pb.SANDBOX_READY
 
 
@@ -182,3 +196,38 @@ def test_the_agent_survives_every_malformed_request(agent: Agent) -> None:
 
     assert agent.running
     assert agent.run_pod(pod_config())
+
+
+def test_relative_log_directory_is_invalid(agent: Agent) -> None:
+    """Regression: a relative log_directory was created below the agent's working directory."""
+    config = pod_config()
+    config.log_directory = "e2e-relative/logs"
+
+    error = rpc_error(lambda: agent.run_pod(config))
+
+    assert not (agent.base_dir / "e2e-relative").exists()  # the agent runs in base_dir
+    assert error.code() == INVALID, error.details()
+    assert "log_directory" in error.details()
+    _assert_nothing_left(agent)
+
+
+def test_uncreatable_log_directory_fails_naming_the_field(agent: Agent) -> None:
+    """Regression: it failed as INTERNAL with a bare FileNotFoundError."""
+    config = pod_config()
+    config.log_directory = "/proc/e2e-no-such-dir/logs"
+
+    error = rpc_error(lambda: agent.run_pod(config))
+
+    assert error.code() in (INVALID, grpc.StatusCode.FAILED_PRECONDITION), error.details()
+    assert "log_directory" in error.details()
+    _assert_nothing_left(agent)
+
+
+def test_log_directory_is_created(agent: Agent) -> None:
+    log_directory = agent.base_dir / "pod-logs" / "e2e"
+    config = pod_config()
+    config.log_directory = str(log_directory)
+
+    agent.run_pod(config)
+
+    assert log_directory.is_dir()

@@ -504,3 +504,18 @@ def test_host_ipc_pod_has_no_ipc_pin_and_no_shm_mount(agent: Agent) -> None:
     assert ns_inode_of_process(info["pids"]["infra"], "ipc") == ns_inode_of_process(
         os.getpid(), "ipc"
     )
+
+
+def test_pod_cgroup_is_created_under_the_pods_own_cgroup_parent(agent: Agent) -> None:
+    config = pod_config()
+    config.linux.cgroup_parent = f"{agent.cgroup_parent}/kubepods/burstable"
+    pod_id = agent.run_pod(config)
+    info = agent.pod_info(pod_id)
+
+    assert info["cgroup"] == f"{agent.cgroup_parent}/kubepods/burstable/moorage-{pod_id}"
+    relative = info["cgroup"].strip("/")
+    for controller in ("memory", "pids", "cpuset"):
+        assert (CGROUP_FS / controller / relative).is_dir(), controller
+    assert (CGROUP_FS / "cpuset" / relative / "cpuset.cpus").read_text().strip()
+    procs = (CGROUP_FS / "memory" / relative / "cgroup.procs").read_text().split()
+    assert str(info["pids"]["infra"]) in procs
