@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import re
 import tomllib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from network.errors import InvalidNetworkRequest
+from network.ipam import parse_ranges
 from runtime.settings import RuntimeHandlerSettings, RuntimeSettings
 
 DEFAULT_CONFIG_PATH = Path("/etc/moorage/moorage.toml")
@@ -44,7 +47,20 @@ _RUNTIME_DOCS = {
     "infra_command": "pid 1 of pods that share one PID namespace",
     "shm_size_bytes": "size of each pod's /dev/shm tmpfs",
 }
-_NETWORK_DOCS = {"pod_cidr": "pod address range until kubelet sends one"}
+_NETWORK_DOCS = {
+    "mode": "bridge (built in) or cni (plugins from cni_conf_dir)",
+    "pod_cidr": "pod range until kubelet sends one; 'v4cidr,v6cidr' for dual stack",
+    "bridge": "bridge mode: the node's pod bridge",
+    "mtu": "bridge mode: MTU of the bridge and the pod veths",
+    "chain_prefix": "bridge mode: prefix of the iptables chains Moorage owns",
+}
+# [network] key -> (attribute of RuntimeSettings.bridge, type); the others are top-level.
+_BRIDGE_KEYS = {
+    "bridge": ("bridge", str),
+    "mtu": ("mtu", int),
+    "chain_prefix": ("chain_prefix", str),
+}
+NETWORK_MODES = ("bridge", "cni")
 
 
 def load_config(path: Path | None) -> Config:
@@ -89,6 +105,15 @@ def parse_config(raw: dict[str, Any], source: str = "config") -> Config:
             rt[key] = _typed(value, type(default), source, f"runtime.{key}")
     if "pod_cidr" in network_raw:
         rt["pod_cidr"] = _typed(network_raw["pod_cidr"], str, source, "network.pod_cidr")
+    if "mode" in network_raw:
+        rt["network_mode"] = _typed(network_raw["mode"], str, source, "network.mode")
+    bridge = {
+        attr: _typed(network_raw[key], kind, source, f"network.{key}")
+        for key, (attr, kind) in _BRIDGE_KEYS.items()
+        if key in network_raw
+    }
+    if bridge:
+        rt["bridge"] = replace(defaults.runtime.bridge, **bridge)
     if handlers_raw is not None:
         rt["handlers"] = _parse_handlers(handlers_raw, source)
 
@@ -114,6 +139,20 @@ def validate(config: Config) -> Config:
         raise ConfigError(
             f"runtime.default_handler {rt.default_handler!r} is not among runtime.handlers "
             f"({', '.join(sorted(rt.handlers))})"
+        )
+    if rt.network_mode not in NETWORK_MODES:
+        raise ConfigError(f"network.mode {rt.network_mode!r}: bridge or cni")
+    try:
+        parse_ranges(rt.pod_cidr)
+    except InvalidNetworkRequest as exc:
+        raise ConfigError(f"network.pod_cidr: {exc}") from None
+    if not 0 < len(rt.bridge.bridge) < 16:
+        raise ConfigError(f"network.bridge {rt.bridge.bridge!r}: 1 to 15 characters")
+    if not 576 <= rt.bridge.mtu <= 65535:
+        raise ConfigError(f"network.mtu {rt.bridge.mtu}: 576 to 65535")
+    if not re.fullmatch(r"[A-Z][A-Z0-9-]{0,11}", rt.bridge.chain_prefix):
+        raise ConfigError(
+            f"network.chain_prefix {rt.bridge.chain_prefix!r}: up to 12 of A-Z, 0-9 and -"
         )
     if not rt.infra_command:
         raise ConfigError("runtime.infra_command is empty")
@@ -167,7 +206,12 @@ def render_config(config: Config) -> str:
     lines += ["", "[runtime]"]
     lines += [_line(k, getattr(rt, k), doc) for k, doc in _RUNTIME_DOCS.items()]
     lines += ["", "[network]"]
-    lines += [_line(k, getattr(rt, k), doc) for k, doc in _NETWORK_DOCS.items()]
+    network_values = {
+        "mode": rt.network_mode,
+        "pod_cidr": rt.pod_cidr,
+        **{key: getattr(rt.bridge, attr) for key, (attr, _) in _BRIDGE_KEYS.items()},
+    }
+    lines += [_line(k, network_values[k], doc) for k, doc in _NETWORK_DOCS.items()]
     for name, handler in rt.handlers.items():
         table = f"runtime.handlers.{_toml_key(name)}"
         lines += ["", f"[{table}]", _line("path", handler.path, "OCI runtime")]

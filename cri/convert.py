@@ -104,7 +104,10 @@ def sandbox_status_to_proto(sandbox: Sandbox) -> Any:
         metadata=_metadata_to_proto(sandbox.config.metadata),
         state=_STATES_TO_PB[sandbox.state],
         created_at=sandbox.created_at_ns,
-        network=pb.PodSandboxNetworkStatus(ip=""),
+        network=pb.PodSandboxNetworkStatus(
+            ip=sandbox.ips[0] if sandbox.ips else "",
+            additional_ips=[pb.PodIP(ip=ip) for ip in sandbox.ips[1:]],
+        ),
         linux=pb.LinuxPodSandboxStatus(
             namespaces=pb.Namespace(
                 options=pb.NamespaceOption(
@@ -127,6 +130,7 @@ def sandbox_verbose_info(sandbox: Sandbox) -> dict[str, str]:
         "pins": sandbox.pins,
         "cgroup": sandbox.cgroup_path,
         "pids": {"infra": sandbox.infra.pid} if sandbox.infra else {},
+        "ips": sandbox.ips,
         "shm": sandbox.shm_path,
         "resolv_conf": sandbox.resolv_conf_path,
         "name": sandbox.name,

@@ -20,8 +20,8 @@ from cri.config import Config, ConfigError
 from cri.image_service import ImageService
 from cri.interceptor import CallInterceptor
 from cri.runtime_service import RuntimeService
+from network.errors import NetworkError
 from runtime.agent import Runtime
-from runtime.threads import in_thread
 
 log = structlog.get_logger("moorage.daemon")
 
@@ -64,10 +64,16 @@ async def serve(config: Config) -> int:
         ThreadPoolExecutor(max_workers=WORKER_THREADS, thread_name_prefix="moorage-worker")
     )
     with exclusive_root(config.runtime.root_dir):
-        runtime = await in_thread(Runtime, config.runtime)
+        runtime = await asyncio.to_thread(Runtime, config.runtime)
         try:
-            for fix in await in_thread(runtime.recover):
+            for fix in await asyncio.to_thread(runtime.recover):
                 log.info("recovered", fix=fix)
+            try:
+                for fix in await runtime.recover_network():
+                    log.info("recovered", fix=fix)
+            except NetworkError as exc:
+                # Served anyway: Status reports NetworkReady false with the cause.
+                log.warning("pod network not ready", error=str(exc))
             return await _serve_grpc(config, runtime)
         finally:
             runtime.close()

@@ -4,6 +4,13 @@ from __future__ import annotations
 
 import grpc
 
+from network.errors import (
+    AddressesExhausted,
+    HostPortInUse,
+    InvalidNetworkRequest,
+    NetworkError,
+    NetworkNotReady,
+)
 from runtime.errors import (
     FailedPrecondition,
     InvalidArgument,
@@ -13,16 +20,24 @@ from runtime.errors import (
     Unimplemented,
 )
 
-_CODES: dict[type[MoorageError], grpc.StatusCode] = {
+_CODES: dict[type[Exception], grpc.StatusCode] = {
     NotFound: grpc.StatusCode.NOT_FOUND,
     InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
     NameReserved: grpc.StatusCode.ALREADY_EXISTS,
     FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
     Unimplemented: grpc.StatusCode.UNIMPLEMENTED,
+    InvalidNetworkRequest: grpc.StatusCode.INVALID_ARGUMENT,
+    HostPortInUse: grpc.StatusCode.ALREADY_EXISTS,
+    AddressesExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    NetworkNotReady: grpc.StatusCode.FAILED_PRECONDITION,
+    NetworkError: grpc.StatusCode.UNKNOWN,
 }
 
+# Errors a handler may raise on purpose: anything else is a bug and answers INTERNAL.
+DOMAIN_ERRORS = (MoorageError, NetworkError)
 
-def status_code_for(error: MoorageError) -> grpc.StatusCode:
+
+def status_code_for(error: Exception) -> grpc.StatusCode:
     for cls in type(error).__mro__:
         if cls in _CODES:
             return _CODES[cls]

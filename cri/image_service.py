@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
@@ -11,7 +12,6 @@ from cri_api.v1 import api_pb2 as pb
 from cri.handlers import Handlers
 from cri.unimplemented import UnimplementedFallback
 from runtime.agent import DiskUsage
-from runtime.threads import in_thread
 
 
 def _fs_usage(usage: DiskUsage, timestamp_ns: int) -> Any:
@@ -27,8 +27,8 @@ class ImageService(Handlers, UnimplementedFallback):
     service_name = "runtime.v1.ImageService"
 
     async def ImageFsInfo(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        images = await in_thread(self.runtime.image_fs_usage)
-        containers = await in_thread(self.runtime.container_fs_usage)
+        images = await asyncio.to_thread(self.runtime.image_fs_usage)
+        containers = await asyncio.to_thread(self.runtime.container_fs_usage)
         now = time.time_ns()
         return pb.ImageFsInfoResponse(
             image_filesystems=[_fs_usage(images, now)],

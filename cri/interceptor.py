@@ -12,9 +12,8 @@ from typing import Any
 import grpc
 import structlog
 
-from cri.errors import status_code_for
+from cri.errors import DOMAIN_ERRORS, status_code_for
 from metrics.operations import record_cri_call
-from runtime.errors import MoorageError
 
 log = structlog.get_logger("moorage.cri")
 
@@ -105,7 +104,7 @@ class CallInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
 
 
 def _failure(method: str, exc: Exception) -> tuple[grpc.StatusCode, str]:
-    if isinstance(exc, MoorageError):
+    if isinstance(exc, DOMAIN_ERRORS):
         return status_code_for(exc), str(exc)
     log.exception("unexpected error", method=method)
     return grpc.StatusCode.INTERNAL, f"{method}: internal error: {exc!r}"

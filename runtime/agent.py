@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-import ipaddress
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from network.bridge_network import BridgeNetwork
+from network.errors import InvalidNetworkRequest
 from runtime.cgroups import CgroupLayout
 from runtime.errors import InvalidArgument
+from runtime.model import SandboxFilter, SandboxState
 from runtime.recovery import reconcile_sandboxes
 from runtime.sandbox_store import SandboxStore
 from runtime.sandboxes import SandboxManager
@@ -39,7 +41,8 @@ class Runtime:
             directory.mkdir(parents=True, exist_ok=True, mode=0o711)
         self.db = StateDB(settings.state_db)
         self.cgroups = CgroupLayout.detect()
-        self.sandboxes = SandboxManager(settings, SandboxStore(self.db), self.cgroups)
+        self.network = BridgeNetwork(settings.bridge, self.pod_cidr, self.db)
+        self.sandboxes = SandboxManager(settings, SandboxStore(self.db), self.cgroups, self.network)
 
     @staticmethod
     def store_dirs(settings: RuntimeSettings) -> tuple[Path, Path]:
@@ -47,8 +50,19 @@ class Runtime:
         return settings.root_dir / "content", settings.root_dir / "containers"
 
     def recover(self) -> list[str]:
-        """Reconcile state with the host; blocking, run before serving."""
+        """Reconcile pods with the host; blocking, run before serving."""
         return reconcile_sandboxes(self.settings, self.cgroups, self.sandboxes.store)
+
+    async def recover_network(self) -> list[str]:
+        """Drop addresses, veths and rules of pods that are no longer ready; set the host up."""
+        live = [
+            self.sandboxes.network_request(s)
+            for s in self.sandboxes.select(SandboxFilter(state=SandboxState.READY))
+            if s.netns_path
+        ]
+        fixed = await self.network.reconcile(live)
+        await self.network.prepare()
+        return fixed
 
     def close(self) -> None:
         self.db.close()
@@ -61,13 +75,10 @@ class Runtime:
         """Store the CIDR kubelet sends; an empty one means "keep what you have"."""
         if not cidr:
             return
-        for part in cidr.split(","):
-            try:
-                ipaddress.ip_network(part.strip(), strict=True)
-            except ValueError as exc:
-                raise InvalidArgument(
-                    f"runtime_config.network_config.pod_cidr {cidr!r}: {exc}"
-                ) from None
+        try:
+            self.network.set_pod_cidr(cidr)
+        except InvalidNetworkRequest as exc:
+            raise InvalidArgument(f"runtime_config.network_config.pod_cidr: {exc}") from None
         self.db.put_setting(_POD_CIDR_KEY, cidr)
 
     def runtime_readiness(self) -> Readiness:
@@ -78,12 +89,8 @@ class Runtime:
         return Readiness(True)
 
     def network_readiness(self) -> Readiness:
-        # Pods get a loopback-only network until the bridge (network issue) lands.
-        return Readiness(
-            False,
-            "NetworkPluginNotReady",
-            "pod networking is not set up: pods get a network namespace with loopback only",
-        )
+        network = self.network.readiness()
+        return Readiness(network.ready, network.reason, network.message)
 
     def image_fs_usage(self) -> DiskUsage:
         return disk_usage(self.store_dirs(self.settings)[0])

@@ -99,6 +99,8 @@ class Sandbox:
     shm_path: str = ""
     resolv_conf_path: str = ""
     infra: InfraProcess | None = None
+    # Pod addresses, primary first; empty for host-network pods.
+    ips: list[str] = field(default_factory=list)
 
     @property
     def name(self) -> str:

@@ -14,10 +14,12 @@ import subprocess
 import time
 from collections.abc import AsyncIterator, Coroutine
 from dataclasses import replace
+from pathlib import Path
 from typing import Any, TypeVar
 
 import structlog
 
+from network.types import HostPort, PodNetwork, PodNetworkRequest
 from runtime.cgroups import CgroupLayout, pod_cgroup_path
 from runtime.errors import InvalidArgument, NotFound
 from runtime.model import (
@@ -31,7 +33,6 @@ from runtime.sandbox_setup import build_sandbox, remove_sandbox, sandbox_paths, 
 from runtime.sandbox_store import SandboxStore
 from runtime.settings import RuntimeSettings
 from runtime.sysctls import validate_sysctls
-from runtime.threads import in_thread
 
 log = structlog.get_logger("moorage.sandbox")
 
@@ -42,9 +43,14 @@ MAX_HOSTNAME_BYTES = 64
 
 class SandboxManager:
     def __init__(
-        self, settings: RuntimeSettings, store: SandboxStore, cgroups: CgroupLayout
+        self,
+        settings: RuntimeSettings,
+        store: SandboxStore,
+        cgroups: CgroupLayout,
+        network: PodNetwork,
     ) -> None:
         self.settings = settings
+        self.network = network
         self.store = store
         self.cgroups = cgroups
         self._locks: dict[str, asyncio.Lock] = {}
@@ -117,36 +123,68 @@ class SandboxManager:
         bound = log.bind(sandbox_id=sandbox.id, sandbox_name=sandbox.name)
         started = time.perf_counter()
         try:
-            built = await in_thread(
+            built = await asyncio.to_thread(
                 build_sandbox, self.settings, self.cgroups, sandbox, sysctl_paths
             )
         except BaseException:
             self.store.delete(sandbox.id)
             raise
+        sandbox = replace(sandbox, pins=built.pins, infra=built.infra)
         try:
+            ips = await self._attach_network(sandbox)
             ready = self.store.update(
-                sandbox.id,
-                lambda s: replace(s, state=SandboxState.READY, pins=built.pins, infra=built.infra),
+                sandbox.id, lambda _: replace(sandbox, state=SandboxState.READY, ips=ips)
             )
         except BaseException:
-            await in_thread(remove_sandbox, self.settings, self.cgroups, sandbox, built.infra_child)
+            await self._detach_network(sandbox)
+            await asyncio.to_thread(
+                remove_sandbox, self.settings, self.cgroups, sandbox, built.infra_child
+            )
             self.store.delete(sandbox.id)
             raise
         if built.infra_child is not None:
             self._infra_children[sandbox.id] = built.infra_child
         bound.info(
             "sandbox ready",
+            ips=ips,
             infra_pid=built.infra.pid if built.infra else None,
             build_ms=round((time.perf_counter() - started) * 1000, 2),
         )
         return ready
 
+    def network_request(self, sandbox: Sandbox) -> PodNetworkRequest:
+        md = sandbox.config.metadata
+        netns = sandbox.netns_path
+        return PodNetworkRequest(
+            sandbox_id=sandbox.id,
+            pod_name=md.name,
+            pod_namespace=md.namespace,
+            pod_uid=md.uid,
+            netns_path=netns if netns and Path(netns).exists() else "",
+            host_ports=[
+                HostPort(p.protocol.value, p.container_port, p.host_port, p.host_ip)
+                for p in sandbox.config.port_mappings
+            ],
+        )
+
+    async def _attach_network(self, sandbox: Sandbox) -> list[str]:
+        if sandbox.config.namespaces.network is NamespaceMode.NODE:
+            return []
+        status = await self.network.attach(self.network_request(sandbox))
+        return status.ips
+
+    async def _detach_network(self, sandbox: Sandbox) -> None:
+        """Idempotent: also called on pods whose network is half built or already gone."""
+        if sandbox.config.namespaces.network is not NamespaceMode.NODE:
+            await self.network.detach(self.network_request(sandbox))
+
     async def _stop(self, id_or_prefix: str) -> None:
         async with self._locked(id_or_prefix) as sandbox:
             if sandbox is None:
                 return
+            await self._detach_network(sandbox)
             child = self._infra_children.get(sandbox.id)
-            await in_thread(stop_sandbox, self.settings, sandbox, child)
+            await asyncio.to_thread(stop_sandbox, self.settings, sandbox, child)
             self._infra_children.pop(sandbox.id, None)
             if sandbox.state is not SandboxState.NOTREADY:
                 self.store.update(sandbox.id, lambda s: replace(s, state=SandboxState.NOTREADY))
@@ -156,8 +194,9 @@ class SandboxManager:
         async with self._locked(id_or_prefix) as sandbox:
             if sandbox is None:
                 return
+            await self._detach_network(sandbox)
             child = self._infra_children.get(sandbox.id)
-            await in_thread(remove_sandbox, self.settings, self.cgroups, sandbox, child)
+            await asyncio.to_thread(remove_sandbox, self.settings, self.cgroups, sandbox, child)
             self._infra_children.pop(sandbox.id, None)
             self.store.delete(sandbox.id)
             log.info("sandbox removed", sandbox_id=sandbox.id)

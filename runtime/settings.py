@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from network.bridge_network import BridgeSettings
+
 
 @dataclass(frozen=True)
 class RuntimeHandlerSettings:
@@ -30,6 +32,8 @@ class RuntimeSettings:
     infra_command: tuple[str, ...] = ("/usr/bin/catatonit", "-P")
     shm_size_bytes: int = 64 * 1024 * 1024
     pod_cidr: str = "10.85.0.0/16"
+    network_mode: str = "bridge"
+    bridge: BridgeSettings = field(default_factory=BridgeSettings)
 
     @property
     def state_db(self) -> Path:

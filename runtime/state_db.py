@@ -17,6 +17,10 @@ CREATE TABLE IF NOT EXISTS sandboxes (
     name TEXT NOT NULL UNIQUE,
     record TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS ip_allocations (
+    address TEXT PRIMARY KEY,
+    owner TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS settings (
     key TEXT PRIMARY KEY,
     value TEXT NOT NULL
@@ -55,6 +59,18 @@ class StateDB:
         self._conn.execute(
             "INSERT OR REPLACE INTO settings (key, value) VALUES (?, ?)", (key, value)
         )
+
+    def allocations(self) -> dict[str, str]:
+        """The IP ledger: address -> sandbox id."""
+        return dict(self._conn.execute("SELECT address, owner FROM ip_allocations").fetchall())
+
+    def claim(self, address: str, owner: str) -> None:
+        self._conn.execute(
+            "INSERT INTO ip_allocations (address, owner) VALUES (?, ?)", (address, owner)
+        )
+
+    def release(self, owner: str) -> None:
+        self._conn.execute("DELETE FROM ip_allocations WHERE owner = ?", (owner,))
 
     def close(self) -> None:
         self._conn.close()

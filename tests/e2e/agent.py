@@ -25,6 +25,9 @@ import grpc
 from cri_api.v1 import api_pb2 as pb
 from cri_api.v1 import api_pb2_grpc
 
+from network.bridge import delete_link, pod_veths_on
+from network.errors import NetworkError
+from network.iptables import PodRules
 from tests.e2e.kernel import (
     CGROUP_FS,
     ProcessId,
@@ -66,8 +69,17 @@ class Agent:
         self.log_path = self.base_dir / "agent.log"
         self.config_path = self.base_dir / "moorage.toml"
         self.cgroup_parent = f"/moorage-e2e-{self.token}"
+        # A bridge, chain prefix and /24 of its own, so agents never share host objects.
+        self.bridge = f"mre{self.token}"
+        self.chain_prefix = f"MRE{self.token.upper()}"
+        self.pod_cidr = f"10.{200 + int(self.token[:2], 16) % 50}.{int(self.token[2:4], 16)}.0/24"
         self.config_path.write_text(
             "shutdown_grace_s = 2.0\n"
+            "\n"
+            "[network]\n"
+            f'bridge = "{self.bridge}"\n'
+            f'chain_prefix = "{self.chain_prefix}"\n'
+            f'pod_cidr = "{self.pod_cidr}"\n'
             "\n"
             "[runtime]\n"
             f'default_cgroup_parent = "{self.cgroup_parent}"\n' + extra_runtime_config
@@ -296,7 +308,23 @@ class Agent:
         for parent in self.cgroup_dirs():
             found += [f"cgroup {child}" for child in parent.iterdir() if child.is_dir()]
         found += [f"infra process {proc.pid}" for proc in self.recorded_infra() if is_alive(proc)]
+        found += [f"veth {name}" for name in pod_veths_on(self.bridge)]
+        found += [f"iptables {line}" for line in self.pod_rules()]
+        found += [f"ip allocation {a}" for a in self.db_allocations()]
         return found
+
+    def pod_rules(self) -> list[str]:
+        """Per-pod iptables lines of this agent (hostPort chains and jumps to them)."""
+        saved = subprocess.run(
+            ["iptables-save", "-t", "nat"], capture_output=True, text=True, check=True
+        ).stdout
+        return [line for line in saved.splitlines() if f"{self.chain_prefix}-HP-" in line]
+
+    def db_allocations(self) -> list[str]:
+        if not (self.root_dir / "state.db").exists():
+            return []
+        with contextlib.closing(sqlite3.connect(self.root_dir / "state.db")) as db:
+            return [row[0] for row in db.execute("SELECT address FROM ip_allocations")]
 
     def cleanup(self) -> list[str]:
         """Remove the pods, stop the agent and take away all it left; returns what failed."""
@@ -334,6 +362,13 @@ class Agent:
                 problems.append(f"umount -l {mount_point}: {result.stderr.strip()}")
         for parent in self.cgroup_dirs():
             problems += _remove_cgroup_tree(parent)
+        try:
+            PodRules(self.chain_prefix, self.bridge).remove_all()
+        except NetworkError as exc:
+            problems.append(f"removing iptables chains {self.chain_prefix}-*: {exc}")
+        for veth in pod_veths_on(self.bridge):
+            delete_link(veth)
+        delete_link(self.bridge)
         result = subprocess.run(
             ["rm", "-rf", "--one-file-system", str(self.base_dir)],
             capture_output=True,

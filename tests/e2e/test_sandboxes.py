@@ -356,9 +356,8 @@ def test_loopback_is_up_in_the_pods_network_namespace(agent: Agent) -> None:
     link = nsenter([f"--net={pin}"], ["ip", "-o", "link", "show", "lo"])
 
     assert "UP" in link.split("<", 1)[1].split(">", 1)[0].split(","), link
-    # Loopback only: no interface but lo in the pod's netns yet.
     links = nsenter([f"--net={pin}"], ["ip", "-o", "link", "show"]).splitlines()
-    assert [line.split(":")[1].strip() for line in links] == ["lo"]
+    assert [line.split(":")[1].strip().split("@")[0] for line in links] == ["lo", "eth0"]
 
 
 def _host_sysctl(relative: str) -> str:

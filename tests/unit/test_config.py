@@ -281,7 +281,8 @@ def test_every_rendered_key_has_a_comment(config: Config) -> None:
     lines = render_config(config).splitlines()
     key_lines = [line for line in lines if "=" in line and not line.startswith("[")]
 
-    assert len(key_lines) == 13 + len(config.runtime.handlers)
+    # 5 top-level, 7 [runtime], 5 [network] keys, and one path per handler.
+    assert len(key_lines) == 17 + len(config.runtime.handlers)
     for line in key_lines:
         value_and_comment = line.split(" = ", 1)[1]
         assert "  # " in value_and_comment, line
@@ -303,7 +304,8 @@ def test_config_as_dict_holds_the_effective_values() -> None:
     assert data["log_level"] == "debug"
     assert data["runtime"]["cgroup_driver"] == "systemd"
     assert data["runtime"]["handlers"]["kata"] == {"path": "/opt/kata/bin/kata-runtime"}
-    assert data["network"] == {"pod_cidr": "10.244.0.0/16"}
+    assert data["network"]["pod_cidr"] == "10.244.0.0/16"
+    assert data["network"]["mode"] == "bridge"
 
 
 # Regression: characters outside the BMP were rendered as JSON surrogate pairs TOML rejects.
@@ -324,3 +326,32 @@ def test_replaced_runtime_settings_render_their_values() -> None:
     config = replace(Config(), runtime=replace(RuntimeSettings(), shm_size_bytes=123))
 
     assert "shm_size_bytes = 123  #" in render_config(config)
+
+
+def test_network_keys_reach_the_bridge_settings() -> None:
+    config = _parse(
+        '[network]\nmode = "bridge"\nbridge = "mrtest0"\nmtu = 1400\nchain_prefix = "MRT"\n'
+        'pod_cidr = "10.9.0.0/24,fd09::/64"\n'
+    )
+
+    assert config.runtime.bridge.bridge == "mrtest0"
+    assert config.runtime.bridge.mtu == 1400
+    assert config.runtime.bridge.chain_prefix == "MRT"
+    assert config.runtime.pod_cidr == "10.9.0.0/24,fd09::/64"
+    assert parse_config(tomllib.loads(render_config(config))) == config
+
+
+@pytest.mark.parametrize(
+    ("text", "named"),
+    [
+        ('mode = "calico"', "network.mode"),
+        ('pod_cidr = "10.0.0.0/33"', "network.pod_cidr"),
+        ('pod_cidr = "10.0.0.0/16,10.0.1.0/24"', "network.pod_cidr"),
+        ('bridge = "a-bridge-name-too-long"', "network.bridge"),
+        ("mtu = 100", "network.mtu"),
+        ('chain_prefix = "lowercase"', "network.chain_prefix"),
+    ],
+)
+def test_bad_network_settings_are_refused_naming_the_key(text: str, named: str) -> None:
+    with pytest.raises(ConfigError, match=named):
+        _parse(f"[network]\n{text}\n")
