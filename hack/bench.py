@@ -7,6 +7,7 @@ of its own, and removes all of it afterwards.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import os
 import shutil
@@ -15,6 +16,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -24,6 +26,12 @@ from typing import Any
 import grpc
 from cri_api.v1 import api_pb2 as pb
 from cri_api.v1 import api_pb2_grpc
+
+from network.bridge import delete_link
+from network.bridge_network import BridgeNetwork, BridgeSettings
+from network.namespaces import bring_up_loopback, pin_current, unpin, unshared
+from network.types import HostPort, PodNetworkRequest
+from runtime.state_db import StateDB
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -109,6 +117,9 @@ class Timings:
         self.samples.setdefault(label, []).append((time.perf_counter() - started) * 1000)
         return result
 
+    def record(self, label: str, started: float) -> None:
+        self.samples.setdefault(label, []).append((time.perf_counter() - started) * 1000)
+
     def report(self) -> str:
         lines = [f"{'call':<44} {'n':>5} {'median ms':>10} {'p95 ms':>8}"]
         for label, samples in self.samples.items():
@@ -143,6 +154,65 @@ def bench_sandboxes(stub: Any, n: int, timings: Timings) -> None:
             timings.time("RemovePodSandbox", stub.RemovePodSandbox, remove)
 
 
+@contextlib.contextmanager
+def pod_netns(count: int) -> Iterator[list[Path]]:
+    """Pinned network namespaces standing in for pods, removed afterwards."""
+    base = Path(tempfile.mkdtemp(prefix="mbench-ns-", dir="/tmp"))
+    pins = [base / f"pod{i}" for i in range(count)]
+
+    def make() -> None:
+        for pin in pins:
+            with unshared(["net"]):
+                bring_up_loopback()
+                pin_current("net", pin)
+
+    worker = threading.Thread(target=make)
+    worker.start()
+    worker.join()
+    try:
+        yield pins
+    finally:
+        for pin in pins:
+            unpin(pin)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+async def time_network(network: Any, pins: list[Path], label: str, timings: Timings) -> None:
+    requests = [
+        PodNetworkRequest(
+            uuid.uuid4().hex * 2,
+            f"bench-{i}",
+            "bench",
+            uuid.uuid4().hex,
+            str(pin),
+            [HostPort("tcp", 80, 30000 + i)] if i % 2 else [],
+        )
+        for i, pin in enumerate(pins)
+    ]
+    for request in requests:
+        started = time.perf_counter()
+        await network.attach(request)
+        timings.record(f"{label} set-up", started)
+    for request in requests:
+        started = time.perf_counter()
+        await network.detach(request)
+        timings.record(f"{label} tear-down", started)
+
+
+def bench_bridge(n: int, timings: Timings) -> None:
+    token = uuid.uuid4().hex[:6]
+    settings = BridgeSettings(bridge=f"mbench{token}", chain_prefix=f"MBENCH{token.upper()}")
+    with tempfile.TemporaryDirectory() as state, pod_netns(n) as pins:
+        network = BridgeNetwork(settings, "10.253.0.0/16", StateDB(Path(state) / "state.db"))
+        try:
+            asyncio.run(
+                time_network(network, pins, "bridge network (half with a hostPort)", timings)
+            )
+        finally:
+            network.rules.remove_all()
+            delete_link(settings.bridge)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("-n", type=int, default=50, help="iterations per case (default 50)")
@@ -162,6 +232,7 @@ def main() -> int:
             timings.time("Version", stub.Version, pb.VersionRequest())
         idle_rss = rss_mb(agent_pid) if agent_pid else 0.0
         bench_sandboxes(stub, args.n, timings)
+        bench_bridge(args.n, timings)
         print(timings.report())
         if agent_pid:
             print(f"\nagent RSS: idle {idle_rss:.1f} MB, after the run {rss_mb(agent_pid):.1f} MB")

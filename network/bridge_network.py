@@ -67,25 +67,25 @@ class BridgeNetwork:
         await asyncio.to_thread(self._ensure_host)
 
     async def attach(self, pod: PodNetworkRequest) -> PodNetworkStatus:
-        ports = _validated(pod.host_ports)
-        self._claim_ports(pod.sandbox_id, ports)
+        ports = published_ports(pod.host_ports)
+        self.claim_host_ports(pod.sandbox_id, ports)
         try:
             addresses = self._pool.allocate(pod.sandbox_id)
             await asyncio.to_thread(self._attach, pod, addresses, ports)
         except BaseException:
-            self._release(pod.sandbox_id)
+            self.release_pod(pod.sandbox_id)
             raise
         return PodNetworkStatus([str(a.address) for a in addresses])
 
     async def detach(self, pod: PodNetworkRequest) -> None:
         await asyncio.to_thread(self._detach, pod.sandbox_id)
-        self._release(pod.sandbox_id)
+        self.release_pod(pod.sandbox_id)
 
     async def reconcile(self, live: list[PodNetworkRequest]) -> list[str]:
         fixed: list[str] = []
         live_ids = {p.sandbox_id for p in live}
         for pod in live:
-            self._claim_ports(pod.sandbox_id, _validated(pod.host_ports))
+            self.claim_host_ports(pod.sandbox_id, published_ports(pod.host_ports))
         for owner in self._pool.owners() - live_ids:
             self._pool.release(owner)
             fixed.append(f"released the addresses of gone sandbox {owner}")
@@ -95,7 +95,7 @@ class BridgeNetwork:
     def addresses_of(self, sandbox_id: str) -> list[str]:
         return [str(a) for a in self._pool.addresses_of(sandbox_id)]
 
-    def _claim_ports(self, sandbox_id: str, ports: Sequence[HostPort]) -> None:
+    def claim_host_ports(self, sandbox_id: str, ports: Sequence[HostPort]) -> None:
         wanted = [(p.protocol, p.host_ip, p.host_port) for p in ports]
         for protocol, host_ip, port in wanted:
             for (held_proto, held_ip, held_port), holder in self._ports.items():
@@ -106,7 +106,7 @@ class BridgeNetwork:
         for key in wanted:
             self._ports[key] = sandbox_id
 
-    def _release(self, sandbox_id: str) -> None:
+    def release_pod(self, sandbox_id: str) -> None:
         self._pool.release(sandbox_id)
         for key in [k for k, holder in self._ports.items() if holder == sandbox_id]:
             del self._ports[key]
@@ -169,7 +169,7 @@ class BridgeNetwork:
         return fixed
 
 
-def _validated(ports: Sequence[HostPort]) -> list[HostPort]:
+def published_ports(ports: Sequence[HostPort]) -> list[HostPort]:
     """The mappings that publish a port (hostPort 0 publishes nothing, as in kubelet)."""
     published = []
     for port in ports:

@@ -245,3 +245,22 @@ def test_fifty_pod_cycles_with_host_ports_leave_nothing(agent: Agent) -> None:
         agent.remove_pod(pod_id)
 
     assert agent.leftovers() == []
+
+
+def test_dual_stack_pods_get_both_addresses_and_reach_each_other_over_ipv6(
+    agent_factory: AgentFactory,
+) -> None:
+    agent = agent_factory(start=False)
+    v6 = f"fd{agent.token[:2]}:{agent.token[2:6]}::/64"
+    dual = f"{agent.pod_cidr},{v6}"
+    agent.config_path.write_text(agent.config_path.read_text().replace(agent.pod_cidr, dual))
+    agent.start()
+    first, second = agent.run_pod(pod_config()), agent.run_pod(pod_config())
+
+    statuses = [agent.pod_status(p).network for p in (first, second)]
+    for status in statuses:
+        assert ipaddress.ip_address(status.ip) in ipaddress.ip_network(agent.pod_cidr)
+        (extra,) = status.additional_ips
+        assert ipaddress.ip_address(extra.ip) in ipaddress.ip_network(v6)
+    assert pings(netns(agent, first), statuses[1].additional_ips[0].ip)
+    assert pings(netns(agent, first), str(ipaddress.ip_network(v6).network_address + 1))
