@@ -53,6 +53,9 @@ _NETWORK_DOCS = {
     "bridge": "bridge mode: the node's pod bridge",
     "mtu": "bridge mode: MTU of the bridge and the pod veths",
     "chain_prefix": "bridge mode: prefix of the iptables chains Moorage owns",
+    "cni_conf_dir": "cni mode: the first .conflist/.conf here by name is used",
+    "cni_bin_dirs": "cni mode: where plugins are looked up, in order",
+    "cni_plugin_timeout_s": "cni mode: a plugin call running longer is killed",
 }
 # [network] key -> (attribute of RuntimeSettings.bridge, type); the others are top-level.
 _BRIDGE_KEYS = {
@@ -114,6 +117,24 @@ def parse_config(raw: dict[str, Any], source: str = "config") -> Config:
     }
     if bridge:
         rt["bridge"] = replace(defaults.runtime.bridge, **bridge)
+    if "cni_conf_dir" in network_raw:
+        rt["cni_conf_dir"] = Path(
+            _typed(network_raw["cni_conf_dir"], str, source, "network.cni_conf_dir")
+        )
+    if "cni_bin_dirs" in network_raw:
+        dirs = _typed(network_raw["cni_bin_dirs"], list, source, "network.cni_bin_dirs")
+        rt["cni_bin_dirs"] = tuple(
+            Path(_typed(d, str, source, "network.cni_bin_dirs[]")) for d in dirs
+        )
+    if "cni_plugin_timeout_s" in network_raw:
+        rt["cni_plugin_timeout_s"] = float(
+            _typed(
+                network_raw["cni_plugin_timeout_s"],
+                (int, float),
+                source,
+                "network.cni_plugin_timeout_s",
+            )
+        )
     if handlers_raw is not None:
         rt["handlers"] = _parse_handlers(handlers_raw, source)
 
@@ -154,6 +175,10 @@ def validate(config: Config) -> Config:
         raise ConfigError(
             f"network.chain_prefix {rt.bridge.chain_prefix!r}: up to 12 of A-Z, 0-9 and -"
         )
+    if not rt.cni_bin_dirs:
+        raise ConfigError("network.cni_bin_dirs is empty")
+    if rt.cni_plugin_timeout_s <= 0:
+        raise ConfigError("network.cni_plugin_timeout_s must be positive")
     if not rt.infra_command:
         raise ConfigError("runtime.infra_command is empty")
     if rt.shm_size_bytes <= 0:
@@ -210,6 +235,9 @@ def render_config(config: Config) -> str:
         "mode": rt.network_mode,
         "pod_cidr": rt.pod_cidr,
         **{key: getattr(rt.bridge, attr) for key, (attr, _) in _BRIDGE_KEYS.items()},
+        "cni_conf_dir": rt.cni_conf_dir,
+        "cni_bin_dirs": rt.cni_bin_dirs,
+        "cni_plugin_timeout_s": rt.cni_plugin_timeout_s,
     }
     lines += [_line(k, network_values[k], doc) for k, doc in _NETWORK_DOCS.items()]
     for name, handler in rt.handlers.items():

@@ -29,6 +29,7 @@ from cri_api.v1 import api_pb2_grpc
 
 from network.bridge import delete_link
 from network.bridge_network import BridgeNetwork, BridgeSettings
+from network.iptables import PodRules
 from network.namespaces import bring_up_loopback, pin_current, unpin, unshared
 from network.types import HostPort, PodNetworkRequest
 from runtime.state_db import StateDB
@@ -39,9 +40,14 @@ REPO = Path(__file__).resolve().parent.parent
 @contextlib.contextmanager
 def own_agent() -> Iterator[tuple[Path, int]]:
     base = Path(tempfile.mkdtemp(prefix="mbench-", dir="/tmp"))
-    parent = f"/moorage-bench-{uuid.uuid4().hex[:8]}"
+    token = uuid.uuid4().hex[:6]
+    parent = f"/moorage-bench-{token}"
+    bridge, prefix = f"mbench{token}", f"MBENCH{token.upper()}"
     config = base / "moorage.toml"
-    config.write_text(f'[runtime]\ndefault_cgroup_parent = "{parent}"\n')
+    config.write_text(
+        f'[network]\nbridge = "{bridge}"\nchain_prefix = "{prefix}"\npod_cidr = "10.254.0.0/16"\n'
+        f'[runtime]\ndefault_cgroup_parent = "{parent}"\n'
+    )
     socket = base / "cri.sock"
     log = (base / "agent.log").open("w")
     proc = subprocess.Popen(
@@ -73,6 +79,8 @@ def own_agent() -> Iterator[tuple[Path, int]]:
             proc.kill()
             proc.wait()
         log.close()
+        PodRules(prefix, bridge).remove_all()
+        delete_link(bridge)
         for hierarchy in Path("/sys/fs/cgroup").iterdir():
             with contextlib.suppress(OSError):
                 (hierarchy / parent.strip("/")).rmdir()

@@ -78,7 +78,7 @@ class BridgeNetwork:
         return PodNetworkStatus([str(a.address) for a in addresses])
 
     async def detach(self, pod: PodNetworkRequest) -> None:
-        await asyncio.to_thread(self._detach, pod.sandbox_id)
+        await asyncio.to_thread(self._detach, pod.sandbox_id, bool(published_ports(pod.host_ports)))
         self.release_pod(pod.sandbox_id)
 
     async def reconcile(self, live: list[PodNetworkRequest]) -> list[str]:
@@ -149,9 +149,12 @@ class BridgeNetwork:
                     self.rules.add_hostports(pod.sandbox_id, str(address.address), ports)
             undo.pop_all()
 
-    def _detach(self, sandbox_id: str) -> None:
-        versions = sorted({n.version for n in self.networks})
-        self.rules.remove_hostports(sandbox_id, versions)
+    def _detach(self, sandbox_id: str, has_host_ports: bool) -> None:
+        # Reading the nat table costs a few ms; pods without hostPorts have no rules there
+        # (and recovery sweeps any chain a crash left behind).
+        if has_host_ports:
+            versions = sorted({n.version for n in self.networks})
+            self.rules.remove_hostports(sandbox_id, versions)
         bridge.detach_pod(sandbox_id)
 
     def _remove_stale(self, live_ids: set[str]) -> list[str]:

@@ -34,6 +34,14 @@ class RuntimeSettings:
     pod_cidr: str = "10.85.0.0/16"
     network_mode: str = "bridge"
     bridge: BridgeSettings = field(default_factory=BridgeSettings)
+    cni_conf_dir: Path = Path("/etc/cni/net.d")
+    cni_bin_dirs: tuple[Path, ...] = (Path("/opt/cni/bin"), Path("/usr/lib/cni"))
+    cni_plugin_timeout_s: float = 10.0
+
+    @property
+    def cni_cache_dir(self) -> Path:
+        """CNI results of attached pods, for DEL and CHECK."""
+        return self.root_dir / "cni"
 
     @property
     def state_db(self) -> Path:

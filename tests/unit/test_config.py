@@ -281,8 +281,8 @@ def test_every_rendered_key_has_a_comment(config: Config) -> None:
     lines = render_config(config).splitlines()
     key_lines = [line for line in lines if "=" in line and not line.startswith("[")]
 
-    # 5 top-level, 7 [runtime], 5 [network] keys, and one path per handler.
-    assert len(key_lines) == 17 + len(config.runtime.handlers)
+    # 5 top-level, 7 [runtime], 8 [network] keys, and one path per handler.
+    assert len(key_lines) == 20 + len(config.runtime.handlers)
     for line in key_lines:
         value_and_comment = line.split(" = ", 1)[1]
         assert "  # " in value_and_comment, line
