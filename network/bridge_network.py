@@ -92,9 +92,6 @@ class BridgeNetwork:
         fixed += await asyncio.to_thread(self._remove_stale, live_ids)
         return fixed
 
-    def addresses_of(self, sandbox_id: str) -> list[str]:
-        return [str(a) for a in self._pool.addresses_of(sandbox_id)]
-
     def claim_host_ports(self, sandbox_id: str, ports: Sequence[HostPort]) -> None:
         wanted = [(p.protocol, p.host_ip, p.host_port) for p in ports]
         for protocol, host_ip, port in wanted:

@@ -36,11 +36,6 @@ class PodAddress:
     network: IPNetwork
     gateway: IPAddress
 
-    @property
-    def interface(self) -> str:
-        """address/prefix, as an interface carries it."""
-        return f"{self.address}/{self.network.prefixlen}"
-
 
 def parse_ranges(cidrs: str) -> list[IPNetwork]:
     """One CIDR, or an IPv4 and an IPv6 one separated by a comma (dual stack)."""
@@ -79,9 +74,6 @@ class AddressPool:
             ipaddress.ip_address(a): owner for a, owner in ledger.allocations().items()
         }
         self._last: dict[IPNetwork, IPAddress] = {}
-
-    def owner_of(self, address: IPAddress) -> str | None:
-        return self._held.get(address)
 
     def owners(self) -> set[str]:
         return set(self._held.values())

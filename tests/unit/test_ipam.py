@@ -25,7 +25,7 @@ def test_first_pod_gets_the_address_after_the_gateway(db: StateDB) -> None:
 
     assert str(address.address) == "10.1.0.2"
     assert str(address.gateway) == "10.1.0.1"
-    assert address.interface == "10.1.0.2/24"
+    assert address.network.prefixlen == 24
     assert db.allocations() == {"10.1.0.2": "pod-a"}
 
 
