@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -27,12 +28,15 @@ import grpc
 from cri_api.v1 import api_pb2 as pb
 from cri_api.v1 import api_pb2_grpc
 
+from cri.logging import configure_logging
 from network.bridge import delete_link
 from network.bridge_network import BridgeNetwork, BridgeSettings
+from network.cni import CniNetwork, CniSettings
 from network.iptables import PodRules
 from network.namespaces import bring_up_loopback, pin_current, unpin, unshared
 from network.types import HostPort, PodNetworkRequest
 from runtime.state_db import StateDB
+from tests.cni_plugins import remove_plugin_rules, rule_marker, standard_plugins
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -129,12 +133,12 @@ class Timings:
         self.samples.setdefault(label, []).append((time.perf_counter() - started) * 1000)
 
     def report(self) -> str:
-        lines = [f"{'call':<44} {'n':>5} {'median ms':>10} {'p95 ms':>8}"]
+        lines = [f"{'call':<48} {'n':>5} {'median ms':>10} {'p95 ms':>8}"]
         for label, samples in self.samples.items():
             values = sorted(samples)
             p95 = values[min(len(values) - 1, round(0.95 * (len(values) - 1)))]
             median = statistics.median(values)
-            lines.append(f"{label:<44} {len(values):>5} {median:>10.2f} {p95:>8.2f}")
+            lines.append(f"{label:<48} {len(values):>5} {median:>10.2f} {p95:>8.2f}")
         return "\n".join(lines)
 
 
@@ -221,6 +225,29 @@ def bench_bridge(n: int, timings: Timings) -> None:
             delete_link(settings.bridge)
 
 
+def bench_cni(n: int, timings: Timings) -> None:
+    """The plugin chain containerd's default conflist runs: bridge, host-local, portmap."""
+    token = uuid.uuid4().hex[:6]
+    name, bridge = f"mbench{token}", f"mcbench{token}"
+    with tempfile.TemporaryDirectory() as base, pod_netns(n) as pins:
+        conf_dir = Path(base) / "net.d"
+        conf_dir.mkdir()
+        plugins = standard_plugins(bridge, "10.252.0.0/16", f"{base}/ipam")
+        (conf_dir / "10-bench.conflist").write_text(
+            json.dumps({"cniVersion": "1.0.0", "name": name, "plugins": plugins})
+        )
+        network = CniNetwork(
+            CniSettings(
+                conf_dir=conf_dir, bin_dirs=(Path("/usr/lib/cni"),), cache_dir=Path(base) / "cache"
+            )
+        )
+        try:
+            asyncio.run(time_network(network, pins, "CNI bridge+host-local+portmap", timings))
+        finally:
+            delete_link(bridge)
+            remove_plugin_rules(rule_marker(name))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("-n", type=int, default=50, help="iterations per case (default 50)")
@@ -228,6 +255,7 @@ def main() -> int:
     args = parser.parse_args()
     if os.geteuid() != 0:
         sys.exit("hack/bench needs root (it runs pods)")
+    configure_logging("warning")
 
     with contextlib.ExitStack() as stack:
         if args.socket:
@@ -241,6 +269,7 @@ def main() -> int:
         idle_rss = rss_mb(agent_pid) if agent_pid else 0.0
         bench_sandboxes(stub, args.n, timings)
         bench_bridge(args.n, timings)
+        bench_cni(args.n, timings)
         print(timings.report())
         if agent_pid:
             print(f"\nagent RSS: idle {idle_rss:.1f} MB, after the run {rss_mb(agent_pid):.1f} MB")

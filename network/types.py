@@ -45,6 +45,10 @@ class NetworkReadiness:
 class PodNetwork(Protocol):
     def readiness(self) -> NetworkReadiness: ...
 
+    async def prepare(self) -> None:
+        """Set the host side up once, before the first pod (may raise NetworkError)."""
+        ...
+
     async def attach(self, pod: PodNetworkRequest) -> PodNetworkStatus:
         """Wire the pod up; on failure undo what was done and raise NetworkError."""
         ...

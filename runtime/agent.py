@@ -7,7 +7,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from network.bridge_network import BridgeNetwork
+from network.cni import CniNetwork, CniSettings
 from network.errors import InvalidNetworkRequest
+from network.ipam import parse_ranges
+from network.types import PodNetwork
 from runtime.cgroups import CgroupLayout
 from runtime.errors import InvalidArgument
 from runtime.model import SandboxFilter, SandboxState
@@ -41,7 +44,20 @@ class Runtime:
             directory.mkdir(parents=True, exist_ok=True, mode=0o711)
         self.db = StateDB(settings.state_db)
         self.cgroups = CgroupLayout.detect()
-        self.network = BridgeNetwork(settings.bridge, self.pod_cidr, self.db)
+        self.bridge: BridgeNetwork | None = None
+        self.network: PodNetwork
+        if settings.network_mode == "cni":
+            self.network = CniNetwork(
+                CniSettings(
+                    conf_dir=settings.cni_conf_dir,
+                    bin_dirs=settings.cni_bin_dirs,
+                    cache_dir=settings.cni_cache_dir,
+                    plugin_timeout_s=settings.cni_plugin_timeout_s,
+                )
+            )
+        else:
+            self.bridge = BridgeNetwork(settings.bridge, self.pod_cidr, self.db)
+            self.network = self.bridge
         self.sandboxes = SandboxManager(settings, SandboxStore(self.db), self.cgroups, self.network)
 
     @staticmethod
@@ -76,7 +92,11 @@ class Runtime:
         if not cidr:
             return
         try:
-            self.network.set_pod_cidr(cidr)
+            if self.bridge is not None:
+                self.bridge.set_pod_cidr(cidr)
+            else:
+                # CNI plugins take the range from their own configuration.
+                parse_ranges(cidr)
         except InvalidNetworkRequest as exc:
             raise InvalidArgument(f"runtime_config.network_config.pod_cidr: {exc}") from None
         self.db.put_setting(_POD_CIDR_KEY, cidr)

@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 
 import structlog
 
+from network.errors import NetworkError
 from network.types import HostPort, PodNetwork, PodNetworkRequest
 from runtime.cgroups import CgroupLayout, pod_cgroup_path
 from runtime.errors import InvalidArgument, NotFound
@@ -136,7 +137,12 @@ class SandboxManager:
                 sandbox.id, lambda _: replace(sandbox, state=SandboxState.READY, ips=ips)
             )
         except BaseException:
-            await self._detach_network(sandbox)
+            try:
+                await self._detach_network(sandbox)
+            except NetworkError as exc:
+                # The attach undid its own work before raising; this pass only catches what a
+                # cancellation left. Its failure must not keep the namespaces, cgroup and row.
+                bound.warning("network teardown after a failed run", error=str(exc))
             await asyncio.to_thread(
                 remove_sandbox, self.settings, self.cgroups, sandbox, built.infra_child
             )

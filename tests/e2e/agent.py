@@ -417,10 +417,17 @@ def _socket_accepts(path: Path) -> bool:
 
 
 def _remove_cgroup_tree(top: Path, timeout_s: float = 5.0) -> list[str]:
+    """Kill what still runs under the agent's cgroup parent (only this test's agent put
+    processes there), then remove the tree, leaves first."""
+    for procs in top.rglob("cgroup.procs"):
+        with contextlib.suppress(OSError):
+            for pid in procs.read_text().split():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(int(pid), signal.SIGKILL)
     problems = []
+    deadline = time.monotonic() + timeout_s
     for dirpath, _, _ in os.walk(top, topdown=False):
         directory = Path(dirpath)
-        deadline = time.monotonic() + timeout_s
         while True:
             try:
                 directory.rmdir()

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import ipaddress
-import random
-import socket
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -13,20 +11,8 @@ from cri_api.v1 import api_pb2 as pb
 
 from network.bridge import pod_veths_on
 from tests.e2e.agent import Agent, AgentFactory
-from tests.e2e.netutil import REPLY, fetch, fetch_from_pod, node_ipv4, pings, pod_listener
 from tests.e2e.pods import assert_rpc_error, pod_config
-
-
-def free_port() -> int:
-    """A TCP port nobody on the node listens on (tests in parallel pick different ones)."""
-    while True:
-        port = random.randint(20000, 60000)
-        with socket.socket() as probe:
-            try:
-                probe.bind(("0.0.0.0", port))
-            except OSError:
-                continue
-            return port
+from tests.netutil import REPLY, fetch, fetch_from_pod, free_port, node_ipv4, pings, pod_listener
 
 
 def with_host_port(config: Any, host_port: int, container_port: int, host_ip: str = "") -> Any:

@@ -5,8 +5,6 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
-import threading
-from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
@@ -14,28 +12,10 @@ import pytest
 
 from network.namespaces import bring_up_loopback, entered, is_pinned, pin_current, unpin, unshared
 from runtime.settings import RuntimeSettings
+from tests.netutil import in_new_thread
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
 T = TypeVar("T")
-
-
-def in_new_thread(fn: Callable[[], T]) -> T:
-    """Run fn on a fresh thread, as the agent's worker pool does, and return its result."""
-    results: list[T] = []
-    errors: list[BaseException] = []
-
-    def target() -> None:
-        try:
-            results.append(fn())
-        except BaseException as exc:
-            errors.append(exc)
-
-    thread = threading.Thread(target=target)
-    thread.start()
-    thread.join()
-    if errors:
-        raise errors[0]
-    return results[0]
 
 
 def ns_inode(kind: str, where: str = "self") -> str:

@@ -28,7 +28,7 @@ from runtime.sandbox_store import SandboxStore
 from runtime.settings import RuntimeSettings
 from runtime.state_db import StateDB
 from runtime.sysctls import validate_sysctls
-from tests.integration.test_namespaces import in_new_thread
+from tests.netutil import in_new_thread
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
 

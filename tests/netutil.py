@@ -1,17 +1,54 @@
-"""Network probes for e2e tests: listeners inside a pod's netns, pings, the node's address."""
+"""Network probes for tests: pod netns listeners, pings, free ports, the node's address."""
 
 from __future__ import annotations
 
 import contextlib
+import random
 import socket
 import subprocess
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 from network.namespaces import entered
 
 REPLY = b"hello from the pod\n"
+T = TypeVar("T")
+
+
+def in_new_thread(fn: Callable[[], T]) -> T:
+    """Run fn on a fresh thread, as the agent's worker pool does, and return its result.
+
+    Namespace switches stay on that thread and never leak into the test's own.
+    """
+    results: list[T] = []
+    errors: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            results.append(fn())
+        except BaseException as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=target)
+    thread.start()
+    thread.join()
+    if errors:
+        raise errors[0]
+    return results[0]
+
+
+def free_port() -> int:
+    """A TCP port nobody on the node listens on (tests in parallel pick different ones)."""
+    while True:
+        port = random.randint(20000, 60000)
+        with socket.socket() as probe:
+            try:
+                probe.bind(("0.0.0.0", port))
+            except OSError:
+                continue
+            return port
 
 
 @contextlib.contextmanager
