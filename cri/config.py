@@ -11,7 +11,7 @@ from typing import Any
 
 from network.errors import InvalidNetworkRequest
 from network.ipam import parse_ranges
-from runtime.settings import RuntimeHandlerSettings, RuntimeSettings
+from runtime.settings import ImageSettings, RuntimeHandlerSettings, RuntimeSettings
 
 DEFAULT_CONFIG_PATH = Path("/etc/moorage/moorage.toml")
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -57,6 +57,14 @@ _NETWORK_DOCS = {
     "cni_bin_dirs": "cni mode: where plugins are looked up, in order",
     "cni_plugin_timeout_s": "cni mode: a plugin call running longer is killed",
 }
+_IMAGES_DOCS = {
+    "registries_conf": "containers-registries.conf v2: mirrors, blocked and insecure registries",
+    "certs_dir": "per-registry CA and client certs in <dir>/<host[:port]>/",
+    "max_concurrent_downloads": "layers of one pull downloaded at once",
+    "max_layer_bytes": "a layer unpacking to more bytes than this fails the pull",
+    "pull_retries": "retries of a blob or manifest request after a transient failure",
+    "pinned_images": "images reported pinned, so kubelet never garbage-collects them",
+}
 # [network] key -> (attribute of RuntimeSettings.bridge, type); the others are top-level.
 _BRIDGE_KEYS = {
     "bridge": ("bridge", str),
@@ -87,10 +95,12 @@ def parse_config(raw: dict[str, Any], source: str = "config") -> Config:
     raw = dict(raw)
     runtime_raw = dict(_typed(raw.pop("runtime", {}), dict, source, "runtime"))
     network_raw = dict(_typed(raw.pop("network", {}), dict, source, "network"))
+    images_raw = dict(_typed(raw.pop("images", {}), dict, source, "images"))
     handlers_raw = runtime_raw.pop("handlers", None)
     _reject_unknown(raw, {*_TOP_DOCS}, source, "")
     _reject_unknown(runtime_raw, {*_RUNTIME_DOCS}, source, "runtime.")
     _reject_unknown(network_raw, {*_NETWORK_DOCS}, source, "network.")
+    _reject_unknown(images_raw, {*_IMAGES_DOCS}, source, "images.")
 
     defaults = Config()
     rt: dict[str, Any] = {}
@@ -137,6 +147,8 @@ def parse_config(raw: dict[str, Any], source: str = "config") -> Config:
         )
     if handlers_raw is not None:
         rt["handlers"] = _parse_handlers(handlers_raw, source)
+    if images_raw:
+        rt["images"] = _parse_images(images_raw, defaults.runtime.images, source)
 
     top: dict[str, Any] = {}
     if "socket" in raw:
@@ -183,9 +195,29 @@ def validate(config: Config) -> Config:
         raise ConfigError("runtime.infra_command is empty")
     if rt.shm_size_bytes <= 0:
         raise ConfigError("runtime.shm_size_bytes must be positive")
+    if rt.images.max_concurrent_downloads < 1:
+        raise ConfigError("images.max_concurrent_downloads must be at least 1")
+    if rt.images.max_layer_bytes < 1:
+        raise ConfigError("images.max_layer_bytes must be positive")
+    if rt.images.pull_retries < 0:
+        raise ConfigError("images.pull_retries must not be negative")
     if config.shutdown_grace_s < 0:
         raise ConfigError("shutdown_grace_s must not be negative")
     return config
+
+
+def _parse_images(raw: dict[str, Any], defaults: ImageSettings, source: str) -> ImageSettings:
+    values: dict[str, Any] = {}
+    for key, value in raw.items():
+        default = getattr(defaults, key)
+        if isinstance(default, Path):
+            values[key] = Path(_typed(value, str, source, f"images.{key}"))
+        elif isinstance(default, tuple):
+            items = _typed(value, list, source, f"images.{key}")
+            values[key] = tuple(_typed(i, str, source, f"images.{key}[]") for i in items)
+        else:
+            values[key] = _typed(value, int, source, f"images.{key}")
+    return replace(defaults, **values)
 
 
 def _parse_handlers(raw: Any, source: str) -> dict[str, RuntimeHandlerSettings]:
@@ -240,6 +272,8 @@ def render_config(config: Config) -> str:
         "cni_plugin_timeout_s": rt.cni_plugin_timeout_s,
     }
     lines += [_line(k, network_values[k], doc) for k, doc in _NETWORK_DOCS.items()]
+    lines += ["", "[images]"]
+    lines += [_line(k, getattr(rt.images, k), doc) for k, doc in _IMAGES_DOCS.items()]
     for name, handler in rt.handlers.items():
         table = f"runtime.handlers.{_toml_key(name)}"
         lines += ["", f"[{table}]", _line("path", handler.path, "OCI runtime")]

@@ -116,6 +116,7 @@ async def _serve_grpc(config: Config, runtime: Runtime) -> int:
     log.info("stopping: no new calls, in-flight calls may finish", grace_s=config.shutdown_grace_s)
     await server.stop(config.shutdown_grace_s)
     await runtime.sandboxes.drain()
+    await runtime.images.close()
     config.socket.unlink(missing_ok=True)
     log.info("stopped; pods are left running")
     return 0

@@ -17,6 +17,9 @@ from runtime.errors import (
     MoorageError,
     NameReserved,
     NotFound,
+    PermissionDenied,
+    Unauthenticated,
+    Unavailable,
     Unimplemented,
 )
 
@@ -26,6 +29,9 @@ _CODES: dict[type[Exception], grpc.StatusCode] = {
     NameReserved: grpc.StatusCode.ALREADY_EXISTS,
     FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
     Unimplemented: grpc.StatusCode.UNIMPLEMENTED,
+    PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
+    Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
+    Unavailable: grpc.StatusCode.UNAVAILABLE,
     InvalidNetworkRequest: grpc.StatusCode.INVALID_ARGUMENT,
     HostPortInUse: grpc.StatusCode.ALREADY_EXISTS,
     AddressesExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,

@@ -37,6 +37,9 @@ from network.namespaces import bring_up_loopback, pin_current, unpin, unshared
 from network.types import HostPort, PodNetworkRequest
 from runtime.state_db import StateDB
 from tests.cni_plugins import remove_plugin_rules, rule_marker, standard_plugins
+from tests.images_build import build_all
+from tests.registry_fixture import push, start_registry
+from tests.registry_push import add_file, push_image, tar_of
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -51,6 +54,7 @@ def own_agent() -> Iterator[tuple[Path, int]]:
     config.write_text(
         f'[network]\nbridge = "{bridge}"\nchain_prefix = "{prefix}"\npod_cidr = "10.254.0.0/16"\n'
         f'[runtime]\ndefault_cgroup_parent = "{parent}"\n'
+        f'[images]\nregistries_conf = "{base}/registries.conf"\n'
     )
     socket = base / "cri.sock"
     log = (base / "agent.log").open("w")
@@ -248,6 +252,42 @@ def bench_cni(n: int, timings: Timings) -> None:
             remove_plugin_rules(rule_marker(name))
 
 
+def bench_images(socket: Path, timings: Timings) -> list[str]:
+    """Cold pull + unpack of a ~100 MB image, then lookups with 50 images in the store."""
+    images = api_pb2_grpc.ImageServiceStub(grpc.insecure_channel(f"unix://{socket}"))
+    registry = start_registry()
+    notes = []
+    try:
+        with tempfile.TemporaryDirectory() as layouts:
+            built = build_all(Path(layouts), large_bytes=100 * 1024 * 1024, large_layers=5)
+            push(registry, built["large"], "bench/large")
+        name = f"{registry.address}/bench/large:latest"
+        started = time.perf_counter()
+        images.PullImage(pb.PullImageRequest(image=pb.ImageSpec(image=name)))
+        seconds = time.perf_counter() - started
+        status = images.ImageStatus(pb.ImageStatusRequest(image=pb.ImageSpec(image=name)))
+        megabytes = status.image.size / 1e6
+        notes.append(
+            f"cold pull + unpack of {megabytes:.0f} MB in 6 layers: {seconds:.2f} s, "
+            f"{megabytes / seconds:.0f} MB/s"
+        )
+        for i in range(49):
+            layer = tar_of(lambda archive, i=i: add_file(archive, f"file-{i}", os.urandom(64)))
+            push_image(registry.address, f"bench/small-{i}", "latest", [layer])
+            small = f"{registry.address}/bench/small-{i}:latest"
+            images.PullImage(pb.PullImageRequest(image=pb.ImageSpec(image=small)))
+        listing = pb.ListImagesRequest()
+        assert len(images.ListImages(listing).images) == 50
+        for _ in range(200):
+            timings.time("ListImages (50 images)", images.ListImages, listing)
+        lookup = pb.ImageStatusRequest(image=pb.ImageSpec(image=name))
+        for _ in range(500):
+            timings.time("ImageStatus (50 images)", images.ImageStatus, lookup)
+    finally:
+        registry.stop()
+    return notes
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("-n", type=int, default=50, help="iterations per case (default 50)")
@@ -270,7 +310,9 @@ def main() -> int:
         bench_sandboxes(stub, args.n, timings)
         bench_bridge(args.n, timings)
         bench_cni(args.n, timings)
+        notes = bench_images(socket, timings)
         print(timings.report())
+        print("\n" + "\n".join(notes))
         if agent_pid:
             print(f"\nagent RSS: idle {idle_rss:.1f} MB, after the run {rss_mb(agent_pid):.1f} MB")
     return 0

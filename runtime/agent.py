@@ -13,6 +13,7 @@ from network.ipam import parse_ranges
 from network.types import PodNetwork
 from runtime.cgroups import CgroupLayout
 from runtime.errors import InvalidArgument
+from runtime.images.manager import ImageManager
 from runtime.model import SandboxFilter, SandboxState
 from runtime.recovery import reconcile_sandboxes
 from runtime.sandbox_store import SandboxStore
@@ -59,15 +60,17 @@ class Runtime:
             self.bridge = BridgeNetwork(settings.bridge, self.pod_cidr, self.db)
             self.network = self.bridge
         self.sandboxes = SandboxManager(settings, SandboxStore(self.db), self.cgroups, self.network)
+        self.images = ImageManager(settings, self.db)
 
     @staticmethod
-    def store_dirs(settings: RuntimeSettings) -> tuple[Path, Path]:
-        """(image store, writable-layer store), as ImageFsInfo reports them."""
-        return settings.root_dir / "content", settings.root_dir / "containers"
+    def store_dirs(settings: RuntimeSettings) -> tuple[Path, Path, Path]:
+        """(blobs, unpacked layers, writable layers): what ImageFsInfo reports on."""
+        return settings.content_dir, settings.layers_dir, settings.root_dir / "containers"
 
     def recover(self) -> list[str]:
-        """Reconcile pods with the host; blocking, run before serving."""
-        return reconcile_sandboxes(self.settings, self.cgroups, self.sandboxes.store)
+        """Reconcile pods and images with the host; blocking, run before serving."""
+        fixed = reconcile_sandboxes(self.settings, self.cgroups, self.sandboxes.store)
+        return fixed + self.images.recover()
 
     async def recover_network(self) -> list[str]:
         """Drop addresses, veths and rules of pods that are no longer ready; set the host up."""
@@ -113,17 +116,19 @@ class Runtime:
         return Readiness(network.ready, network.reason, network.message)
 
     def image_fs_usage(self) -> DiskUsage:
-        return disk_usage(self.store_dirs(self.settings)[0])
+        content, layers, _ = self.store_dirs(self.settings)
+        return disk_usage(content, layers)
 
     def container_fs_usage(self) -> DiskUsage:
-        return disk_usage(self.store_dirs(self.settings)[1])
+        return disk_usage(self.store_dirs(self.settings)[2])
 
 
-def disk_usage(path: Path) -> DiskUsage:
-    """Bytes and inodes below `path`, counting each hard-linked inode once."""
+def disk_usage(path: Path, *more: Path) -> DiskUsage:
+    """Bytes and inodes below the paths, counting each hard-linked inode once; reported
+    under the first path."""
     seen: set[tuple[int, int]] = set()
     used = 0
-    for dirpath, dirnames, filenames in os.walk(path):
+    for dirpath, dirnames, filenames in (entry for p in (path, *more) for entry in os.walk(p)):
         for name in (*dirnames, *filenames):
             try:
                 st = os.lstat(os.path.join(dirpath, name))

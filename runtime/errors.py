@@ -26,3 +26,19 @@ class FailedPrecondition(MoorageError):
 
 class Unimplemented(MoorageError):
     pass
+
+
+class PermissionDenied(MoorageError):
+    pass
+
+
+class Unauthenticated(MoorageError):
+    pass
+
+
+class Unavailable(MoorageError):
+    pass
+
+
+class ImagePullFailed(MoorageError):
+    """A pull that failed for a reason other than the ones with codes of their own."""

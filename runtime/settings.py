@@ -15,6 +15,17 @@ class RuntimeHandlerSettings:
 
 
 @dataclass(frozen=True)
+class ImageSettings:
+    registries_conf: Path = Path("/etc/containers/registries.conf")
+    certs_dir: Path = Path("/etc/containers/certs.d")
+    max_concurrent_downloads: int = 3
+    # Uncompressed bytes one layer may unpack to: past it the layer is a decompression bomb.
+    max_layer_bytes: int = 32 * 1024**3
+    pull_retries: int = 3
+    pinned_images: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class RuntimeSettings:
     root_dir: Path = Path("/var/lib/moorage")
     run_dir: Path = Path("/run/moorage")
@@ -37,6 +48,17 @@ class RuntimeSettings:
     cni_conf_dir: Path = Path("/etc/cni/net.d")
     cni_bin_dirs: tuple[Path, ...] = (Path("/opt/cni/bin"), Path("/usr/lib/cni"))
     cni_plugin_timeout_s: float = 10.0
+    images: ImageSettings = field(default_factory=ImageSettings)
+
+    @property
+    def content_dir(self) -> Path:
+        """Verified blobs (layers, configs, manifests) by digest."""
+        return self.root_dir / "content"
+
+    @property
+    def layers_dir(self) -> Path:
+        """Unpacked layers by chain id: the lower dirs of container rootfs overlays."""
+        return self.root_dir / "layers"
 
     @property
     def cni_cache_dir(self) -> Path:

@@ -9,10 +9,15 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-_TABLES = ("sandboxes",)
+_TABLES = ("sandboxes", "images")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS sandboxes (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    record TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS images (
     id TEXT PRIMARY KEY,
     name TEXT NOT NULL UNIQUE,
     record TEXT NOT NULL

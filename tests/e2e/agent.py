@@ -57,7 +57,12 @@ class AgentFailed(Exception):
 class Agent:
     """One agent's dirs, its process (when running) and CRI clients bound to its socket."""
 
-    def __init__(self, base_dir: Path | None = None, extra_runtime_config: str = "") -> None:
+    def __init__(
+        self,
+        base_dir: Path | None = None,
+        extra_runtime_config: str = "",
+        extra_images_config: str = "",
+    ) -> None:
         token = secrets.token_hex(4)
         # Unix socket paths are limited to 108 bytes: stay short and under /tmp.
         self.base_dir = base_dir or Path(f"/tmp/mre-{token}")
@@ -68,6 +73,8 @@ class Agent:
         self.run_dir = self.base_dir / "run"
         self.log_path = self.base_dir / "agent.log"
         self.config_path = self.base_dir / "moorage.toml"
+        # Read at every pull: tests write it to set mirrors and blocked registries.
+        self.registries_conf = self.base_dir / "registries.conf"
         self.cgroup_parent = f"/moorage-e2e-{self.token}"
         # A bridge, chain prefix and /24 of its own, so agents never share host objects.
         self.bridge = f"mre{self.token}"
@@ -81,6 +88,8 @@ class Agent:
             f'chain_prefix = "{self.chain_prefix}"\n'
             f'pod_cidr = "{self.pod_cidr}"\n'
             "\n"
+            "[images]\n"
+            f'registries_conf = "{self.registries_conf}"\n' + extra_images_config + "\n"
             "[runtime]\n"
             f'default_cgroup_parent = "{self.cgroup_parent}"\n' + extra_runtime_config
         )
@@ -386,9 +395,13 @@ class AgentFactory:
     def __init__(self) -> None:
         self.agents: list[Agent] = []
 
-    def __call__(self, *, start: bool = True, extra_runtime_config: str = "") -> Agent:
-        """extra_runtime_config: TOML lines appended to the [runtime] table."""
-        agent = Agent(extra_runtime_config=extra_runtime_config)
+    def __call__(
+        self, *, start: bool = True, extra_runtime_config: str = "", extra_images_config: str = ""
+    ) -> Agent:
+        """extra_*_config: TOML lines appended to the [runtime] or [images] table."""
+        agent = Agent(
+            extra_runtime_config=extra_runtime_config, extra_images_config=extra_images_config
+        )
         self.agents.append(agent)
         if start:
             agent.start()

@@ -130,18 +130,18 @@ def test_unbuilt_runtime_rpc_answers_unimplemented_naming_the_method(agent: Agen
     )
 
 
-def test_unbuilt_image_rpc_answers_unimplemented_naming_the_method(agent: Agent) -> None:
+def test_unbuilt_rpc_answers_unimplemented_naming_the_method(agent: Agent) -> None:
     assert_rpc_error(
-        lambda: agent.images.ListImages(pb.ListImagesRequest()),
+        lambda: agent.runtime.ListContainers(pb.ListContainersRequest()),
         grpc.StatusCode.UNIMPLEMENTED,
-        "ListImages",
+        "ListContainers",
     )
 
 
 def test_the_agent_keeps_answering_after_failed_calls(agent: Agent) -> None:
     for _ in range(3):
         assert_rpc_error(
-            lambda: agent.images.ListImages(pb.ListImagesRequest()),
+            lambda: agent.runtime.ListContainers(pb.ListContainersRequest()),
             grpc.StatusCode.UNIMPLEMENTED,
         )
 

@@ -9,7 +9,7 @@ import pytest
 
 import cri.config
 from cri.config import Config, ConfigError, config_as_dict, load_config, parse_config, render_config
-from runtime.settings import RuntimeHandlerSettings, RuntimeSettings
+from runtime.settings import ImageSettings, RuntimeHandlerSettings, RuntimeSettings
 
 
 def _parse(text: str) -> Config:
@@ -36,6 +36,14 @@ def _customised() -> Config:
             infra_command=("/pause", "--name", "with space", "back\\slash"),
             shm_size_bytes=1 << 20,
             pod_cidr="10.244.0.0/16",
+            images=ImageSettings(
+                registries_conf=Path("/etc/m/registries.conf"),
+                certs_dir=Path("/etc/m/certs.d"),
+                max_concurrent_downloads=5,
+                max_layer_bytes=1 << 30,
+                pull_retries=0,
+                pinned_images=("registry.k8s.io/pause:3.9",),
+            ),
         ),
     )
 
@@ -118,6 +126,7 @@ def test_empty_file_gives_the_defaults(tmp_path: Path) -> None:
         ("[runtime]\nroot_dir = '/x'", "runtime.root_dir"),
         ("[runtime]\nconmon = '/x'", "runtime.conmon"),
         ("[network]\ncidr = '10.0.0.0/8'", "network.cidr"),
+        ("[images]\nmirrors = []", "images.mirrors"),
         ("[runtime.handlers.crun]\npath = '/x'\nroot = '/y'", "runtime.handlers.crun.root"),
     ],
 )
@@ -146,6 +155,10 @@ def test_unknown_key_is_an_error_naming_it(text: str, key: str) -> None:
         ("[runtime]\nhandlers = 'crun'", "runtime.handlers"),
         ("[runtime.handlers]\ncrun = '/usr/bin/crun'", "runtime.handlers.crun"),
         ("[runtime.handlers.crun]\npath = 1", "runtime.handlers.crun.path"),
+        ("[images]\nregistries_conf = 1", "images.registries_conf"),
+        ("[images]\nmax_concurrent_downloads = '3'", "images.max_concurrent_downloads"),
+        ("[images]\npinned_images = 'pause'", "images.pinned_images"),
+        ("[images]\npinned_images = [1]", r"images.pinned_images\[\]"),
     ],
 )
 def test_value_of_the_wrong_type_is_an_error_naming_the_key(text: str, key: str) -> None:
@@ -250,6 +263,9 @@ def test_handler_without_a_path_is_refused() -> None:
         ("[runtime]\nshm_size_bytes = 0", "shm_size_bytes must be positive"),
         ("[runtime]\nshm_size_bytes = -1", "shm_size_bytes must be positive"),
         ("shutdown_grace_s = -0.5", "shutdown_grace_s must not be negative"),
+        ("[images]\nmax_concurrent_downloads = 0", "max_concurrent_downloads must be at least 1"),
+        ("[images]\nmax_layer_bytes = 0", "max_layer_bytes must be positive"),
+        ("[images]\npull_retries = -1", "pull_retries must not be negative"),
     ],
 )
 def test_out_of_range_values_are_refused(text: str, message: str) -> None:
@@ -281,8 +297,8 @@ def test_every_rendered_key_has_a_comment(config: Config) -> None:
     lines = render_config(config).splitlines()
     key_lines = [line for line in lines if "=" in line and not line.startswith("[")]
 
-    # 5 top-level, 7 [runtime], 8 [network] keys, and one path per handler.
-    assert len(key_lines) == 20 + len(config.runtime.handlers)
+    # 5 top-level, 7 [runtime], 8 [network], 6 [images] keys, and one path per handler.
+    assert len(key_lines) == 26 + len(config.runtime.handlers)
     for line in key_lines:
         value_and_comment = line.split(" = ", 1)[1]
         assert "  # " in value_and_comment, line
@@ -294,6 +310,7 @@ def test_rendered_config_names_every_section() -> None:
 
     assert "[runtime]" in lines
     assert "[network]" in lines
+    assert "[images]" in lines
     assert "[runtime.handlers.crun]" in lines
     assert "[runtime.handlers.runc]" in lines
 
