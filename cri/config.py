@@ -108,14 +108,7 @@ def parse_config(raw: dict[str, Any], source: str = "config") -> Config:
         if key in raw:
             rt[key] = Path(_typed(raw.pop(key), str, source, key))
     for key, value in runtime_raw.items():
-        default = getattr(defaults.runtime, key)
-        if isinstance(default, Path):
-            rt[key] = Path(_typed(value, str, source, f"runtime.{key}"))
-        elif isinstance(default, tuple):
-            items = _typed(value, list, source, f"runtime.{key}")
-            rt[key] = tuple(_typed(i, str, source, f"runtime.{key}[]") for i in items)
-        else:
-            rt[key] = _typed(value, type(default), source, f"runtime.{key}")
+        rt[key] = _like(getattr(defaults.runtime, key), value, source, f"runtime.{key}")
     if "pod_cidr" in network_raw:
         rt["pod_cidr"] = _typed(network_raw["pod_cidr"], str, source, "network.pod_cidr")
     if "mode" in network_raw:
@@ -207,17 +200,22 @@ def validate(config: Config) -> Config:
 
 
 def _parse_images(raw: dict[str, Any], defaults: ImageSettings, source: str) -> ImageSettings:
-    values: dict[str, Any] = {}
-    for key, value in raw.items():
-        default = getattr(defaults, key)
-        if isinstance(default, Path):
-            values[key] = Path(_typed(value, str, source, f"images.{key}"))
-        elif isinstance(default, tuple):
-            items = _typed(value, list, source, f"images.{key}")
-            values[key] = tuple(_typed(i, str, source, f"images.{key}[]") for i in items)
-        else:
-            values[key] = _typed(value, int, source, f"images.{key}")
+    values = {
+        key: _like(getattr(defaults, key), value, source, f"images.{key}")
+        for key, value in raw.items()
+    }
     return replace(defaults, **values)
+
+
+def _like(default: Any, value: Any, source: str, key: str) -> Any:
+    """`value` checked and converted to the kind of `default`: a path, a list of strings, or
+    a plain value of the same type."""
+    if isinstance(default, Path):
+        return Path(_typed(value, str, source, key))
+    if isinstance(default, tuple):
+        items = _typed(value, list, source, key)
+        return tuple(_typed(i, str, source, f"{key}[]") for i in items)
+    return _typed(value, type(default), source, key)
 
 
 def _parse_handlers(raw: Any, source: str) -> dict[str, RuntimeHandlerSettings]:
