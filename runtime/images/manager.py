@@ -138,6 +138,7 @@ class ImageManager:
 
     async def close(self) -> None:
         await self.client.aclose()
+        await asyncio.to_thread(self.puller.close)
 
     def _referenced_blobs(self) -> set[str]:
         used = set(self.puller.leased().blobs)

@@ -10,10 +10,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import structlog
 
@@ -27,6 +29,7 @@ from runtime.errors import (
     Unavailable,
 )
 from runtime.images.content import ContentStore, LayerStore, remove_tree
+from runtime.images.growing_file import DownloadAbandoned, GrowingFile
 from runtime.images.image_store import ImageStore
 from runtime.images.model import Image, Layer, chain_ids
 from runtime.images.reference import InvalidReference, Reference, has_domain, parse_reference
@@ -48,10 +51,11 @@ from runtime.images.registry import (
     Unauthorized,
     Unreachable,
 )
-from runtime.images.unpack import LayerError, unpack_layer
+from runtime.images.unpack import LayerError, unpack_layer, unpack_stream
 from runtime.settings import ImageSettings
 
 log = structlog.get_logger("moorage.images")
+T = TypeVar("T")
 
 LAYER_MEDIA_TYPES = frozenset(
     {
@@ -115,6 +119,18 @@ class ImagePuller:
         self.leases: list[Lease] = []
         self._in_flight: dict[str, asyncio.Task[Image]] = {}
         self._downloads = asyncio.Semaphore(settings.max_concurrent_downloads)
+        # Streamed unpacks block while their download catches up, so they get threads of their
+        # own: waiting in the shared pool could starve the very downloads they wait for. Those
+        # downloads never wait for an unpack, so a queue here always drains. Unpacking holds
+        # the GIL for much of its work; more than one thread per two cores only adds
+        # contention with the downloads on the event loop (measured: 0.49 s against 0.56 s
+        # for 106 MB in 6 layers on 2 cores with one thread against three).
+        self._unpackers = ThreadPoolExecutor(
+            max_workers=max(1, (os.cpu_count() or 2) // 2), thread_name_prefix="moorage-unpack"
+        )
+
+    def close(self) -> None:
+        self._unpackers.shutdown(wait=True, cancel_futures=True)
 
     def leased(self) -> Lease:
         every = Lease()
@@ -261,17 +277,30 @@ class ImagePuller:
         )
         return self.store.add(image)
 
-    async def _ensure_blob(
-        self, endpoint: Endpoint, path: str, digest: str, size: int, creds: Credentials
-    ) -> None:
+    async def _ensure_blob(  # noqa: PLR0917
+        self,
+        endpoint: Endpoint,
+        path: str,
+        digest: str,
+        size: int,
+        creds: Credentials,
+        reader: GrowingFile | None = None,
+    ) -> bool:
+        """Download the blob unless the store has it; True if this call downloaded it."""
         async with self.blob_locks.held(digest):
             if self.content.has(digest):
-                return
+                return False
             async with self._downloads:
                 temporary = self.content.ingest_path()
                 started = time.monotonic()
+                progress = None
+                if reader:
+                    await asyncio.to_thread(reader.follow, temporary)
+                    progress = reader.progress
                 try:
-                    await self.client.fetch_blob(endpoint, path, digest, size, temporary, creds)
+                    await self.client.fetch_blob(
+                        endpoint, path, digest, size, temporary, creds, progress
+                    )
                     await asyncio.to_thread(self.content.commit, temporary, digest)
                 finally:
                     temporary.unlink(missing_ok=True)
@@ -281,6 +310,7 @@ class ImagePuller:
                     size=size,
                     duration_s=round(time.monotonic() - started, 3),
                 )
+                return True
 
     async def _ensure_layer(
         self, endpoint: Endpoint, path: str, layer: Layer, creds: Credentials
@@ -290,19 +320,62 @@ class ImagePuller:
         async with self.chain_locks.held(layer.chain_id):
             if self.layers.has(layer.chain_id):
                 return
-            await self._ensure_blob(endpoint, path, layer.digest, layer.size, creds)
-            await _finish_in_thread(self._unpack, layer)
+            if self.content.has(layer.digest) or not await self._unpack_while_fetching(
+                endpoint, path, layer, creds
+            ):
+                await _outcome(self._in_unpacker(layer, None))
 
-    def _unpack(self, layer: Layer) -> None:
+    async def _unpack_while_fetching(
+        self, endpoint: Endpoint, path: str, layer: Layer, creds: Credentials
+    ) -> bool:
+        """Unpack the layer as it downloads, so neither waits for the other; False when the
+        streamed unpack was void (a retried download, or another pull had the blob) and the
+        layer must be unpacked from the stored blob. A download error wins over an unpack
+        error: a flipped byte is reported as the digest mismatch it is."""
+        reader = GrowingFile()
+        unpacking = asyncio.ensure_future(self._in_unpacker(layer, reader))
+        try:
+            try:
+                fetched = await self._ensure_blob(
+                    endpoint, path, layer.digest, layer.size, creds, reader
+                )
+            except BaseException:
+                reader.abandon()
+                with contextlib.suppress(Exception):
+                    await _outcome(unpacking)
+                raise
+            if fetched:
+                reader.finish()
+            else:
+                reader.abandon()
+            return await _outcome(unpacking)
+        finally:
+            reader.close()
+
+    def _in_unpacker(self, layer: Layer, reader: GrowingFile | None) -> asyncio.Future[bool]:
+        loop = asyncio.get_running_loop()
+        return loop.run_in_executor(self._unpackers, self._unpack, layer, reader)
+
+    def _unpack(self, layer: Layer, reader: GrowingFile | None) -> bool:
+        """Unpack into a staging dir, check the diff id and commit; False if the download the
+        reader followed was abandoned."""
         staging = self.layers.staging_dir()
         started = time.monotonic()
+        cap = self.settings.max_layer_bytes
         try:
-            written = unpack_layer(
-                self.content.path(layer.digest),
-                staging,
-                max_bytes=self.settings.max_layer_bytes,
-            )
+            if reader is None:
+                unpacked = unpack_layer(self.content.path(layer.digest), staging, max_bytes=cap)
+            else:
+                unpacked = unpack_stream(reader, layer.digest, staging, max_bytes=cap)
+            if unpacked.diff_id != layer.diff_id:
+                raise LayerError(
+                    f"its content has digest {unpacked.diff_id}, "
+                    f"the image config says {layer.diff_id}"
+                )
             self.layers.commit(staging, layer.chain_id)
+        except DownloadAbandoned:
+            remove_tree(staging)
+            return False
         except LayerError as exc:
             remove_tree(staging)
             raise LayerError(f"layer {layer.digest}: {exc}") from None
@@ -312,20 +385,22 @@ class ImagePuller:
         log.debug(
             "layer unpacked",
             digest=layer.digest,
-            bytes=written,
+            bytes=unpacked.written,
+            streamed=reader is not None,
             duration_s=round(time.monotonic() - started, 3),
         )
+        return True
 
 
-async def _finish_in_thread(function: Callable[[Layer], None], layer: Layer) -> None:
-    """Run in a worker thread; a cancelled caller still waits for the thread to end, so the
-    locks it holds cover all the thread does."""
-    work = asyncio.ensure_future(asyncio.to_thread(function, layer))
+async def _outcome(work: Awaitable[T]) -> T:
+    """Await work running in a thread; a cancelled caller still waits for the thread to end,
+    so the locks it holds cover all the thread does."""
+    future = asyncio.ensure_future(work)
     try:
-        await asyncio.shield(work)
+        return await asyncio.shield(future)
     except asyncio.CancelledError:
         with contextlib.suppress(Exception):
-            await work
+            await future
         raise
 
 

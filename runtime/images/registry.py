@@ -10,6 +10,7 @@ import asyncio
 import base64
 import binascii
 import contextlib
+import functools
 import hashlib
 import ipaddress
 import json
@@ -31,6 +32,8 @@ from runtime.images.registries_conf import Endpoint
 log = structlog.get_logger("moorage.images")
 
 T = TypeVar("T")
+# Told (attempt number, bytes of that attempt on disk) as a blob downloads.
+Progress = Callable[[int, int], None]
 
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -204,20 +207,28 @@ class RegistryClient:
         size: int,
         dest: Path,
         creds: Credentials,
+        progress: Progress | None = None,
     ) -> None:
-        """Download a blob into `dest`, verified and synced; on failure `dest` is removed."""
+        """Download a blob into `dest`, verified and synced; on failure `dest` is removed.
+
+        `progress(attempt, bytes)` is told how much of each attempt is on disk so far (a retry
+        rewrites `dest` from the start)."""
         site = await self._site(endpoint)
         repository = site.repository(path)
         if not _SHA256.fullmatch(digest):
             raise BadContent(f"{repository}: unsupported blob digest {digest!r}")
         started = time.monotonic()
+        attempts = 0
 
         async def attempt() -> None:
+            nonlocal attempts
+            attempts += 1
             headers = {"Accept-Encoding": "identity"}
             url = f"/v2/{path}/blobs/{digest}"
             async with self._get(site, path, url, creds, headers, redirects=True) as response:
                 await _raise_for_status(response, repository, f"blob {digest}", RegistryError)
-                await _download(response, dest, repository, digest, size)
+                report = functools.partial(progress, attempts) if progress else None
+                await _download(response, dest, repository, digest, size, report)
 
         try:
             await self._with_retries(repository, attempt)
@@ -432,8 +443,9 @@ class RegistryClient:
         async with self._clients_lock:
             client = self._clients.get(key)
             if client is None:
+                # Loading the system CAs costs tens of ms: only a verified https client needs them.
                 verify: ssl.SSLContext | bool = False
-                if not (insecure and scheme == "https"):
+                if scheme == "https" and not insecure:
                     verify = await asyncio.to_thread(self._ssl_context, host)
                 client = httpx.AsyncClient(verify=verify, timeout=self.timeout_s)
                 self._clients[key] = client
@@ -491,12 +503,19 @@ async def _read(response: httpx.Response, limit: int, what: str) -> bytes:
     return bytes(body)
 
 
-async def _download(
-    response: httpx.Response, dest: Path, repository: str, digest: str, size: int
+async def _download(  # noqa: PLR0917
+    response: httpx.Response,
+    dest: Path,
+    repository: str,
+    digest: str,
+    size: int,
+    report: Callable[[int], None] | None,
 ) -> None:
     hasher = hashlib.sha256()
     written = 0
     out = await asyncio.to_thread(dest.open, "wb")
+    if report:
+        report(0)
     try:
         async for chunk in response.aiter_raw():
             written += len(chunk)
@@ -504,6 +523,9 @@ async def _download(
                 raise BadContent(f"{repository}: blob {digest} is larger than {size} bytes")
             hasher.update(chunk)
             out.write(chunk)
+            if report:
+                out.flush()
+                report(written)
         out.flush()
         await asyncio.to_thread(os.fsync, out.fileno())
     except httpx.TransportError as exc:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import gzip
+import hashlib
 import io
 import os
 import posixpath
@@ -17,8 +18,9 @@ import shutil
 import stat
 import tarfile
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Protocol
+from typing import Protocol
 
 import zstandard
 
@@ -51,32 +53,69 @@ class _Source(Protocol):
     def read(self, size: int, /) -> bytes: ...
 
 
-def unpack_layer(blob: Path, dest: Path, *, max_bytes: int) -> int:
-    """Unpack the layer at blob into the empty directory dest; returns the file bytes written.
+@dataclass(frozen=True)
+class Unpacked:
+    """What unpacking a layer produced: file bytes written and the uncompressed tar's digest."""
+
+    written: int
+    diff_id: str
+
+
+def unpack_layer(blob: Path, dest: Path, *, max_bytes: int) -> Unpacked:
+    """Unpack the layer file at blob into the empty directory dest."""
+    with open(blob, "rb") as raw:
+        return unpack_stream(raw, blob.name, dest, max_bytes=max_bytes)
+
+
+def unpack_stream(raw: _Source, name: str, dest: Path, *, max_bytes: int) -> Unpacked:
+    """Unpack a (possibly compressed) layer read from raw into the empty directory dest.
 
     max_bytes caps both the uncompressed tar stream and the file contents written (the latter
-    can be larger: sparse members expand their holes). On any error dest is left half-written
-    for the caller to remove.
+    can be larger: sparse members expand their holes). The diff id is only meaningful once
+    the whole stream was read, which a successful return guarantees. On any error dest is
+    left half-written for the caller to remove.
     """
-    with open(blob, "rb") as raw:
-        stream = _Capped(_decompressed(raw), max_bytes)
-        root = os.open(dest, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
-            return _Unpacker(root, max_bytes).run(stream)
-        except _STREAM_ERRORS as exc:
-            raise LayerError(f"{blob.name}: corrupt or truncated layer: {exc}") from exc
-        finally:
-            os.close(root)
+    stream = _Capped(_decompressed(raw), max_bytes)
+    root = os.open(dest, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        written = _Unpacker(root, max_bytes).run(stream)
+    except _STREAM_ERRORS as exc:
+        raise LayerError(f"{name}: corrupt or truncated layer: {exc}") from exc
+    finally:
+        os.close(root)
+    return Unpacked(written, stream.digest())
 
 
-def _decompressed(raw: BinaryIO) -> _Source:
+def _decompressed(raw: _Source) -> _Source:
     magic = raw.read(len(_ZSTD_MAGIC))
-    raw.seek(0)
+    source = _Rejoined(magic, raw)
     if magic.startswith(_GZIP_MAGIC):
-        return gzip.GzipFile(fileobj=raw, mode="rb")
+        # GzipFile only seeks when its reader rewinds, which unpacking never does.
+        unzipped: _Source = gzip.GzipFile(fileobj=source, mode="rb")  # type: ignore[call-overload]
+        return unzipped
     if magic == _ZSTD_MAGIC:
-        return _ZstdFrames(raw)
-    return raw
+        return _ZstdFrames(source)
+    return source
+
+
+class _Rejoined:
+    """A stream whose first bytes were already read to sniff the compression: they come
+    first again, so the source never has to seek (it may be a download still arriving)."""
+
+    def __init__(self, head: bytes, rest: _Source) -> None:
+        self._head = head
+        self._rest = rest
+
+    def read(self, size: int = -1, /) -> bytes:
+        if not self._head:
+            return self._rest.read(size)
+        if size < 0:
+            data, self._head = self._head + self._rest.read(-1), b""
+            return data
+        data, self._head = self._head[:size], self._head[size:]
+        if len(data) < size:
+            data += self._rest.read(size - len(data))
+        return data
 
 
 class _Capped(io.RawIOBase):
@@ -87,6 +126,7 @@ class _Capped(io.RawIOBase):
         self._source = source
         self._cap = cap
         self._total = 0
+        self._hash = hashlib.sha256()
 
     def readable(self) -> bool:
         return True
@@ -96,7 +136,11 @@ class _Capped(io.RawIOBase):
         self._total += len(data)
         if self._total > self._cap:
             raise LayerError(f"uncompressed layer exceeds the cap of {self._cap} bytes")
+        self._hash.update(data)
         return data
+
+    def digest(self) -> str:
+        return "sha256:" + self._hash.hexdigest()
 
     def drain(self) -> None:
         # The tar ends before the compressed stream does; reading on checks the trailer
@@ -112,7 +156,7 @@ class _ZstdFrames:
     this feeds each frame to its own decompressobj and knows whether the last one ended.
     """
 
-    def __init__(self, source: BinaryIO) -> None:
+    def __init__(self, source: _Source) -> None:
         self._source = source
         self._decompressor = zstandard.ZstdDecompressor()
         self._frame = self._decompressor.decompressobj()

@@ -101,3 +101,21 @@ def test_a_config_listing_fewer_layers_than_the_manifest_is_refused(
     assert_rpc_error(lambda: pull(agent, name), grpc.StatusCode.UNKNOWN, "1 layers, the config 0")
 
     assert stored_files(agent) == []
+
+
+def test_a_layer_whose_content_differs_from_its_diff_id_is_refused(
+    agent: Agent, registry: LocalRegistry
+) -> None:
+    """The unpacked layer is stored by chain id; content that is not what the config claims
+    would otherwise be handed to every later image whose chain has that id."""
+    repository = f"moorage-test/diff-liar-{secrets.token_hex(3)}"
+    layer = tar_of(lambda archive: add_file(archive, "f"))
+    claimed = "sha256:" + "ab" * 32
+    push_image(registry.address, repository, "latest", [layer], diff_ids=[claimed])
+    name = f"{registry.address}/{repository}:latest"
+
+    message = assert_rpc_error(lambda: pull(agent, name), grpc.StatusCode.UNKNOWN, claimed)
+
+    assert "the image config says" in message
+    assert listed(agent) == []
+    assert stored_files(agent) == []

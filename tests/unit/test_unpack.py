@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import gzip
+import hashlib
 import io
 import os
 import stat
@@ -100,7 +101,7 @@ def test_entries_keep_their_metadata(tmp_path: Path, dest: Path) -> None:
         ],
     )
 
-    assert unpack_layer(blob, dest, max_bytes=CAP) == len(conf) + len(deep)
+    assert unpack_layer(blob, dest, max_bytes=CAP).written == len(conf) + len(deep)
 
     def check(path: Path, kind: int, mode: int, mtime: int) -> os.stat_result:
         info = path.lstat()
@@ -214,10 +215,14 @@ def test_opaque_marker_sets_the_overlay_xattr(tmp_path: Path, dest: Path) -> Non
 @pytest.mark.parametrize("compression", ["plain", "gzip", "zstd"])
 def test_compression_is_recognised(tmp_path: Path, dest: Path, compression: str) -> None:
     data = os.urandom(300_000)
-    blob = layer(tmp_path, [entry("a/file", data=data), entry("b", data=b"small")], compression)
+    raw = tar_bytes([entry("a/file", data=data), entry("b", data=b"small")])
+    blob = tmp_path / "blob"
+    blob.write_bytes(compressed(raw, compression))
 
-    assert unpack_layer(blob, dest, max_bytes=CAP) == len(data) + 5
+    unpacked = unpack_layer(blob, dest, max_bytes=CAP)
 
+    assert unpacked.written == len(data) + 5
+    assert unpacked.diff_id == "sha256:" + hashlib.sha256(raw).hexdigest()
     assert (dest / "a/file").read_bytes() == data
     assert (dest / "b").read_bytes() == b"small"
 
