@@ -22,19 +22,19 @@ from runtime.model import (
     SandboxState,
 )
 
-_MODES = {
+MODES = {
     pb.POD: NamespaceMode.POD,
     pb.CONTAINER: NamespaceMode.CONTAINER,
     pb.NODE: NamespaceMode.NODE,
     pb.TARGET: NamespaceMode.TARGET,
 }
-_MODES_TO_PB = {mode: value for value, mode in _MODES.items()}
+_MODES_TO_PB = {mode: value for value, mode in MODES.items()}
 _PROTOCOLS = {pb.TCP: Protocol.TCP, pb.UDP: Protocol.UDP, pb.SCTP: Protocol.SCTP}
 _STATES_TO_PB = {SandboxState.READY: pb.SANDBOX_READY, SandboxState.NOTREADY: pb.SANDBOX_NOTREADY}
 _STATES = {pb.SANDBOX_READY: SandboxState.READY, pb.SANDBOX_NOTREADY: SandboxState.NOTREADY}
 
 
-def _enum(table: Mapping[Any, Any], value: int, field: str) -> Any:
+def enum_value(table: Mapping[Any, Any], value: int, field: str) -> Any:
     try:
         return table[value]
     except KeyError:
@@ -64,7 +64,7 @@ def sandbox_config_from_proto(request: Any) -> SandboxConfig:
         dns = DnsConfig(list(d.servers), list(d.searches), list(d.options))
     ports = []
     for i, p in enumerate(config.port_mappings):
-        protocol = _enum(_PROTOCOLS, p.protocol, f"config.port_mappings[{i}].protocol")
+        protocol = enum_value(_PROTOCOLS, p.protocol, f"config.port_mappings[{i}].protocol")
         for name in ("container_port", "host_port"):
             port = getattr(p, name)
             if not 0 <= port <= 65535:
@@ -81,9 +81,9 @@ def sandbox_config_from_proto(request: Any) -> SandboxConfig:
         cgroup_parent=linux.cgroup_parent,
         sysctls=dict(linux.sysctls),
         namespaces=NamespaceOptions(
-            network=_enum(_MODES, ns.network, f"{field}.network"),
-            pid=_enum(_MODES, ns.pid, f"{field}.pid"),
-            ipc=_enum(_MODES, ns.ipc, f"{field}.ipc"),
+            network=enum_value(MODES, ns.network, f"{field}.network"),
+            pid=enum_value(MODES, ns.pid, f"{field}.pid"),
+            ipc=enum_value(MODES, ns.ipc, f"{field}.ipc"),
             target_id=ns.target_id,
         ),
         privileged=linux.security_context.privileged,
@@ -159,5 +159,5 @@ def sandbox_filter_from_proto(request: Any) -> SandboxFilter:
     f = request.filter
     state = None
     if f.HasField("state"):
-        state = _enum(_STATES, f.state.state, "filter.state.state")
+        state = enum_value(_STATES, f.state.state, "filter.state.state")
     return SandboxFilter(id_prefix=f.id, state=state, label_selector=dict(f.label_selector))

@@ -74,6 +74,7 @@ async def serve(config: Config) -> int:
             except NetworkError as exc:
                 # Served anyway: Status reports NetworkReady false with the cause.
                 log.warning("pod network not ready", error=str(exc))
+            runtime.watch_exits()
             return await _serve_grpc(config, runtime)
         finally:
             runtime.close()
@@ -115,8 +116,9 @@ async def _serve_grpc(config: Config, runtime: Runtime) -> int:
     await stopping.wait()
     log.info("stopping: no new calls, in-flight calls may finish", grace_s=config.shutdown_grace_s)
     await server.stop(config.shutdown_grace_s)
+    await runtime.containers.drain()
     await runtime.sandboxes.drain()
     await runtime.images.close()
     config.socket.unlink(missing_ok=True)
-    log.info("stopped; pods are left running")
+    log.info("stopped; pods and containers are left running")
     return 0

@@ -12,6 +12,7 @@ from network.errors import (
     NetworkNotReady,
 )
 from runtime.errors import (
+    DeadlineExceeded,
     FailedPrecondition,
     InvalidArgument,
     MoorageError,
@@ -32,6 +33,7 @@ _CODES: dict[type[Exception], grpc.StatusCode] = {
     PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
     Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
     Unavailable: grpc.StatusCode.UNAVAILABLE,
+    DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
     InvalidNetworkRequest: grpc.StatusCode.INVALID_ARGUMENT,
     HostPortInUse: grpc.StatusCode.ALREADY_EXISTS,
     AddressesExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,

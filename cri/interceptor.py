@@ -19,7 +19,15 @@ log = structlog.get_logger("moorage.cri")
 
 _ID_FIELDS = ("pod_sandbox_id", "container_id")
 # Polled every second by kubelet: logged at debug so info stays readable.
-_QUIET_PREFIXES = ("List", "Version", "Status", "ImageFsInfo", "PodSandboxStatus", "ImageStatus")
+_QUIET_PREFIXES = (
+    "List",
+    "Version",
+    "Status",
+    "ImageFsInfo",
+    "PodSandboxStatus",
+    "ImageStatus",
+    "ContainerStatus",
+)
 
 UnaryBehavior = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
 

@@ -19,11 +19,11 @@ class PodSandboxRpcs(Handlers):
         return pb.RunPodSandboxResponse(pod_sandbox_id=sandbox.id)
 
     async def StopPodSandbox(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        await self.runtime.sandboxes.stop(request.pod_sandbox_id)
+        await self.runtime.stop_sandbox(request.pod_sandbox_id)
         return pb.StopPodSandboxResponse()
 
     async def RemovePodSandbox(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        await self.runtime.sandboxes.remove(request.pod_sandbox_id)
+        await self.runtime.remove_sandbox(request.pod_sandbox_id)
         return pb.RemovePodSandboxResponse()
 
     async def PodSandboxStatus(self, request: Any, context: grpc.aio.ServicerContext) -> Any:

@@ -29,6 +29,7 @@ from cri_api.v1 import api_pb2 as pb
 from cri_api.v1 import api_pb2_grpc
 
 from cri.logging import configure_logging
+from hack.bench_containers import bench_containers
 from network.bridge import delete_link
 from network.bridge_network import BridgeNetwork, BridgeSettings
 from network.cni import CniNetwork, CniSettings
@@ -317,6 +318,7 @@ def main() -> int:
         bench_bridge(args.n, timings)
         bench_cni(args.n, timings)
         notes = bench_images(socket, timings)
+        notes += bench_containers(socket, args.n, timings, agent_pid, str(socket.parent))
         print(timings.report())
         print("\n" + "\n".join(notes))
         if agent_pid:

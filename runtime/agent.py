@@ -11,10 +11,15 @@ from network.cni import CniNetwork, CniSettings
 from network.errors import InvalidNetworkRequest
 from network.ipam import parse_ranges
 from network.types import PodNetwork
-from runtime.cgroups import CgroupLayout
+from runtime.cgroups import CgroupLayout, CgroupMode
+from runtime.container_recovery import reconcile_containers
+from runtime.container_store import ContainerStore
+from runtime.containers import ContainerManager
 from runtime.errors import InvalidArgument
+from runtime.exit_watcher import ExitWatcher
 from runtime.images.manager import ImageManager
 from runtime.model import SandboxFilter, SandboxState
+from runtime.oci_runtime import OciRuntime
 from runtime.recovery import reconcile_sandboxes
 from runtime.sandbox_store import SandboxStore
 from runtime.sandboxes import SandboxManager
@@ -41,7 +46,8 @@ class Readiness:
 class Runtime:
     def __init__(self, settings: RuntimeSettings) -> None:
         self.settings = settings
-        for directory in (settings.root_dir, settings.run_dir, *self.store_dirs(settings)):
+        dirs = (settings.exits_dir, settings.attach_dir, settings.containers_run_dir)
+        for directory in (settings.root_dir, settings.run_dir, *self.store_dirs(settings), *dirs):
             directory.mkdir(parents=True, exist_ok=True, mode=0o711)
         self.db = StateDB(settings.state_db)
         self.cgroups = CgroupLayout.detect()
@@ -61,6 +67,48 @@ class Runtime:
             self.network = self.bridge
         self.sandboxes = SandboxManager(settings, SandboxStore(self.db), self.cgroups, self.network)
         self.images = ImageManager(settings, self.db)
+        self.runtimes = {
+            name: OciRuntime(
+                name,
+                handler.path,
+                settings.oci_state_dir(name),
+                hide_mount=self._hidden_for(handler.path),
+            )
+            for name, handler in settings.handlers.items()
+        }
+        self.containers = ContainerManager(
+            settings,
+            ContainerStore(self.db),
+            self.sandboxes.store,
+            self.images,
+            self.cgroups,
+            self.runtimes,
+        )
+        self._exit_watcher: ExitWatcher | None = None
+
+    def _hidden_for(self, binary: Path) -> Path | None:
+        """crun 1.8 refuses to create containers on a hybrid host while it sees the unified
+        hierarchy (FIELD-NOTES); its create runs in a mount namespace without it."""
+        if binary.name == "crun" and self.cgroups.mode is CgroupMode.HYBRID:
+            return self.cgroups.unified_root
+        return None
+
+    def watch_exits(self) -> None:
+        """Start reporting container exits, those that happened before included."""
+        self._exit_watcher = ExitWatcher(self.settings.exits_dir, self.containers.on_exit)
+        self._exit_watcher.start()
+
+    async def stop_sandbox(self, id_or_prefix: str) -> None:
+        sandbox = self.sandboxes.store.find(id_or_prefix)
+        if sandbox is not None:
+            await self.containers.stop_all(sandbox.id)
+        await self.sandboxes.stop(id_or_prefix)
+
+    async def remove_sandbox(self, id_or_prefix: str) -> None:
+        sandbox = self.sandboxes.store.find(id_or_prefix)
+        if sandbox is not None:
+            await self.containers.remove_all(sandbox.id)
+        await self.sandboxes.remove(id_or_prefix)
 
     @staticmethod
     def store_dirs(settings: RuntimeSettings) -> tuple[Path, Path, Path]:
@@ -70,6 +118,9 @@ class Runtime:
     def recover(self) -> list[str]:
         """Reconcile pods and images with the host; blocking, run before serving."""
         fixed = reconcile_sandboxes(self.settings, self.cgroups, self.sandboxes.store)
+        fixed += reconcile_containers(
+            self.settings, self.cgroups, self.containers.store, self.sandboxes.store
+        )
         return fixed + self.images.recover()
 
     async def recover_network(self) -> list[str]:
@@ -84,6 +135,8 @@ class Runtime:
         return fixed
 
     def close(self) -> None:
+        if self._exit_watcher is not None:
+            self._exit_watcher.close()
         self.db.close()
 
     @property

@@ -112,6 +112,23 @@ class CgroupLayout:
                     with contextlib.suppress(ProcessLookupError):
                         os.kill(int(pid), signal.SIGKILL)
 
+    def oom_kills(self, cgroup_path: str) -> int:
+        """Processes the kernel's OOM killer ended in this cgroup (0 if unknown)."""
+        relative = cgroup_path.strip("/")
+        if self.mode is CgroupMode.V2:
+            assert self.unified_root is not None
+            text = _read_if_present(self.unified_root / relative / "memory.events")
+        else:
+            memory = next((r for h, r in self.v1_roots.items() if "memory" in h.split(",")), None)
+            if memory is None:
+                return 0
+            text = _read_if_present(memory / relative / "memory.oom_control")
+        for line in text.splitlines():
+            name, _, value = line.partition(" ")
+            if name == "oom_kill" and value.strip().isdigit():
+                return int(value)
+        return 0
+
     def exists(self, cgroup_path: str) -> bool:
         return any(d.is_dir() for d in self.dirs(cgroup_path))
 

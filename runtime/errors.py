@@ -15,7 +15,7 @@ class InvalidArgument(MoorageError):
 
 class NameReserved(MoorageError):
     def __init__(self, name: str, holder_id: str) -> None:
-        super().__init__(f"name {name!r} is reserved for sandbox {holder_id}")
+        super().__init__(f"name {name!r} is reserved for {holder_id}")
         self.name = name
         self.holder_id = holder_id
 
@@ -42,3 +42,11 @@ class Unavailable(MoorageError):
 
 class ImagePullFailed(MoorageError):
     """A pull that failed for a reason other than the ones with codes of their own."""
+
+
+class DeadlineExceeded(MoorageError):
+    """The operation ran past the time the caller gave it (kubelet's probe timeout)."""
+
+
+class ContainerRuntimeFailed(MoorageError):
+    """The OCI runtime or conmon refused: the message carries what they said."""

@@ -85,6 +85,28 @@ class RuntimeSettings:
     def sandbox_run_dir(self, sandbox_id: str) -> Path:
         return self.sandboxes_run_dir / sandbox_id
 
+    @property
+    def containers_dir(self) -> Path:
+        """Per container: the OCI bundle (config.json, conmon's files) and the upper/work dirs."""
+        return self.root_dir / "containers"
+
+    @property
+    def containers_run_dir(self) -> Path:
+        """Per container: the rootfs mount point, gone with a reboot as the mount is."""
+        return self.run_dir / "containers"
+
+    @property
+    def exits_dir(self) -> Path:
+        return self.run_dir / "exits"
+
+    @property
+    def attach_dir(self) -> Path:
+        return self.run_dir / "attach"
+
+    def oci_state_dir(self, handler: str) -> Path:
+        """The OCI runtime's --root for one handler: our containers never mix with others'."""
+        return self.run_dir / "oci" / handler
+
     def pin_dir(self, kind: str) -> Path:
         return self.run_dir / f"{kind}ns"
 

@@ -9,10 +9,15 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-_TABLES = ("sandboxes", "images")
+_TABLES = ("sandboxes", "containers", "images")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS sandboxes (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    record TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS containers (
     id TEXT PRIMARY KEY,
     name TEXT NOT NULL UNIQUE,
     record TEXT NOT NULL
@@ -44,6 +49,10 @@ class StateDB:
     def records(self, table: str) -> list[str]:
         assert table in _TABLES
         return [row[0] for row in self._conn.execute(f"SELECT record FROM {table}")]
+
+    def named_records(self, table: str) -> list[tuple[str, str]]:
+        assert table in _TABLES
+        return list(self._conn.execute(f"SELECT name, record FROM {table}"))
 
     def put(self, table: str, object_id: str, name: str, record: str) -> None:
         assert table in _TABLES

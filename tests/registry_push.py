@@ -42,18 +42,23 @@ def add_link(archive: tarfile.TarFile, name: str, target: str, *, hard: bool = F
     archive.addfile(info)
 
 
-def push_image(
-    address: str, repository: str, tag: str, tars: list[bytes], diff_ids: list[str] | None = None
+def push_image(  # noqa: PLR0917
+    address: str,
+    repository: str,
+    tag: str,
+    tars: list[bytes],
+    diff_ids: list[str] | None = None,
+    run_config: dict[str, Any] | None = None,
 ) -> str:
     """Push gzip layers made of `tars` and a minimal config (whose diff_ids may be given, to
-    make it lie); returns the manifest digest."""
+    make it lie; run_config replaces its `config` object); returns the manifest digest."""
     base = f"http://{address}/v2/{repository}"
     layers = [gzip.compress(t, compresslevel=1) for t in tars]
     config = json.dumps(
         {
             "architecture": "amd64",
             "os": "linux",
-            "config": {"Cmd": ["/bin/sh"]},
+            "config": {"Cmd": ["/bin/sh"]} if run_config is None else run_config,
             "rootfs": {
                 "type": "layers",
                 "diff_ids": [sha256(t) for t in tars] if diff_ids is None else diff_ids,

@@ -281,6 +281,32 @@ class Agent:
                 return []
         return [json.loads(row[0]) for row in rows]
 
+    def db_container_ids(self) -> list[str]:
+        db = self.root_dir / "state.db"
+        if not db.exists():
+            return []
+        with contextlib.closing(sqlite3.connect(db, timeout=5.0)) as conn:
+            try:
+                return [row[0] for row in conn.execute("SELECT id FROM containers")]
+            except sqlite3.OperationalError:
+                return []
+
+    def conmons(self) -> list[int]:
+        """conmon processes supervising this agent's containers (their bundles are ours)."""
+        found = []
+        marker = str(self.base_dir).encode()
+        for entry in os.scandir("/proc"):
+            if not entry.name.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry.name}/cmdline", "rb") as f:
+                    argv = f.read().split(b"\0")
+            except OSError:
+                continue
+            if argv and argv[0].endswith(b"conmon") and any(marker in a for a in argv):
+                found.append(int(entry.name))
+        return found
+
     def db_sandbox_count(self) -> int:
         with contextlib.closing(sqlite3.connect(self.root_dir / "state.db", timeout=5.0)) as conn:
             (count,) = conn.execute("SELECT count(*) FROM sandboxes").fetchone()
@@ -306,11 +332,18 @@ class Agent:
         """Traces of pods on the host and in the state; empty when every pod is gone."""
         found = [f"listed pod {pod_id}" for pod_id in self.list_pod_ids()]
         found += [f"state.db row {row['id']}" for row in self.db_rows()]
+        found += [f"state.db container row {cid}" for cid in self.db_container_ids()]
+        found += [f"conmon {pid}" for pid in self.conmons()]
         found += [f"mount {point}" for point in mounts_under(self.base_dir)]
         for directory in (
             *(self.run_dir / f"{kind}ns" for kind in ("net", "ipc", "uts")),
             self.run_dir / "sandboxes",
             self.root_dir / "sandboxes",
+            self.root_dir / "containers",
+            self.run_dir / "containers",
+            self.run_dir / "exits",
+            self.run_dir / "oci" / "runc",
+            self.run_dir / "oci" / "crun",
         ):
             if directory.is_dir():
                 found += [f"entry {entry}" for entry in directory.iterdir()]
@@ -363,6 +396,9 @@ class Agent:
                     os.kill(proc.pid, signal.SIGKILL)
                 if not wait_until(functools.partial(_is_gone, proc), timeout_s=5.0):
                     problems.append(f"infra process {proc.pid} survived SIGKILL")
+        for pid in self.conmons():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
         for mount_point in sorted(mounts_under(self.base_dir), key=len, reverse=True):
             result = subprocess.run(
                 ["umount", "-l", mount_point], capture_output=True, text=True, check=False

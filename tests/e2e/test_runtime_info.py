@@ -123,26 +123,24 @@ def test_image_fs_info_reports_filesystems_under_the_root_dir(agent: Agent) -> N
 
 
 def test_unbuilt_runtime_rpc_answers_unimplemented_naming_the_method(agent: Agent) -> None:
-    request = pb.ExecSyncRequest(container_id="c0ffee", cmd=["true"], timeout=1)
+    request = pb.ExecRequest(container_id="c0ffee", cmd=["true"], stdout=True)
 
-    assert_rpc_error(
-        lambda: agent.runtime.ExecSync(request), grpc.StatusCode.UNIMPLEMENTED, "ExecSync"
-    )
+    assert_rpc_error(lambda: agent.runtime.Exec(request), grpc.StatusCode.UNIMPLEMENTED, "Exec")
 
 
 def test_unbuilt_rpc_answers_unimplemented_naming_the_method(agent: Agent) -> None:
     assert_rpc_error(
-        lambda: agent.runtime.ListContainers(pb.ListContainersRequest()),
+        lambda: agent.runtime.ListContainerStats(pb.ListContainerStatsRequest()),
         grpc.StatusCode.UNIMPLEMENTED,
-        "ListContainers",
+        "ListContainerStats",
     )
 
 
 def test_the_agent_keeps_answering_after_failed_calls(agent: Agent) -> None:
     for _ in range(3):
         assert_rpc_error(
-            lambda: agent.runtime.ListContainers(pb.ListContainersRequest()),
-            grpc.StatusCode.UNIMPLEMENTED,
+            lambda: agent.runtime.ContainerStatus(pb.ContainerStatusRequest(container_id="c0ffee")),
+            grpc.StatusCode.NOT_FOUND,
         )
 
     assert agent.runtime.Version(pb.VersionRequest()).runtime_name == "moorage"

@@ -44,5 +44,5 @@ def test_error_without_a_code_of_its_own_maps_to_unknown() -> None:
 def test_name_reserved_names_the_name_and_the_holder() -> None:
     error = NameReserved("web_default_u_0", "abc123")
 
-    assert str(error) == "name 'web_default_u_0' is reserved for sandbox abc123"
+    assert str(error) == "name 'web_default_u_0' is reserved for abc123"
     assert (error.name, error.holder_id) == ("web_default_u_0", "abc123")

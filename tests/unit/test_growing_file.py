@@ -89,10 +89,22 @@ def test_a_failed_or_retried_download_voids_the_read(
     tmp_path: Path, reader: GrowingFile, void: Callable[[GrowingFile, Path], object]
 ) -> None:
     blob = tmp_path / "blob"
-    thread, result = read_in_thread(reader)
     written(blob, b"first attempt", reader)
+    assert reader.read(-1) == b"first attempt"
 
     void(reader, blob)
+
+    with pytest.raises(DownloadAbandoned):
+        reader.read(-1)
+
+
+def test_a_waiting_reader_wakes_when_the_download_is_abandoned(
+    tmp_path: Path, reader: GrowingFile
+) -> None:
+    thread, result = read_in_thread(reader)
+    written(tmp_path / "blob", b"partial", reader)
+
+    reader.abandon()
 
     assert finished(thread)
     assert len(result) == 1

@@ -1,0 +1,161 @@
+"""Container figures for hack/bench: the lifecycle RPCs, ExecSync, ListContainers with 100
+containers, the first start of a one-container pod, and memory with 100 containers running."""
+
+from __future__ import annotations
+
+import subprocess
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Protocol
+
+import grpc
+from cri_api.v1 import api_pb2 as pb
+from cri_api.v1 import api_pb2_grpc
+
+from tests.images_build import build_all
+from tests.registry_fixture import push, start_registry
+
+CONTAINERS_FOR_LIST = 100
+
+
+def _pod_config() -> Any:
+    uid = uuid.uuid4().hex
+    return pb.PodSandboxConfig(
+        metadata=pb.PodSandboxMetadata(name=f"bench-{uid[:8]}", uid=uid, namespace="bench"),
+        hostname="bench",
+    )
+
+
+def _container(image: str, command: list[str]) -> Any:
+    return pb.ContainerConfig(
+        metadata=pb.ContainerMetadata(name=f"c-{uuid.uuid4().hex[:8]}"),
+        image=pb.ImageSpec(image=image),
+        command=command,
+    )
+
+
+def _rss_kb(pid: int) -> int:
+    if not pid:
+        return 0
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def _conmon_pids(marker: str) -> list[int]:
+    found = subprocess.run(
+        ["pgrep", "-f", f"conmon.*{marker}"], capture_output=True, text=True, check=False
+    )
+    return [int(p) for p in found.stdout.split()]
+
+
+class Timings(Protocol):
+    def time(self, label: str, rpc: Callable[[Any], Any], request: Any) -> Any: ...
+
+    def record(self, label: str, started: float) -> None: ...
+
+
+def bench_containers(
+    socket: Path, n: int, timings: Timings, agent_pid: int, marker: str
+) -> list[str]:
+    """marker is in every conmon's argv (the agent's root dir)."""
+    record = timings.time
+    channel = grpc.insecure_channel(f"unix://{socket}")
+    runtime = api_pb2_grpc.RuntimeServiceStub(channel)  # type: ignore[no-untyped-call]
+    images = api_pb2_grpc.ImageServiceStub(channel)  # type: ignore[no-untyped-call]
+    registry = start_registry()
+    notes = []
+    try:
+        with tempfile.TemporaryDirectory() as layouts:
+            built = build_all(Path(layouts), large_bytes=1 << 20, large_layers=1)
+            push(registry, built["single"], "bench/single")
+        image = f"{registry.address}/bench/single:latest"
+        images.PullImage(pb.PullImageRequest(image=pb.ImageSpec(image=image)))
+
+        started = time.perf_counter()
+        pod_config = _pod_config()
+        first_pod = runtime.RunPodSandbox(pb.RunPodSandboxRequest(config=pod_config)).pod_sandbox_id
+        first = runtime.CreateContainer(
+            pb.CreateContainerRequest(
+                pod_sandbox_id=first_pod,
+                config=_container(image, ["sleep", "3600"]),
+                sandbox_config=pod_config,
+            )
+        ).container_id
+        runtime.StartContainer(pb.StartContainerRequest(container_id=first))
+        notes.append(
+            "first start of a pod with one container (RunPodSandbox + Create + Start): "
+            f"{(time.perf_counter() - started) * 1000:.1f} ms"
+        )
+
+        for _ in range(n):
+            create = pb.CreateContainerRequest(
+                pod_sandbox_id=first_pod,
+                config=_container(image, ["sleep", "3600"]),
+                sandbox_config=pod_config,
+            )
+            begun = time.perf_counter()
+            cid = record("CreateContainer", runtime.CreateContainer, create).container_id
+            record(
+                "StartContainer", runtime.StartContainer, pb.StartContainerRequest(container_id=cid)
+            )
+            timings.record("create + start", begun)
+            for _ in range(5):
+                record(
+                    "ContainerStatus",
+                    runtime.ContainerStatus,
+                    pb.ContainerStatusRequest(container_id=cid),
+                )
+            record(
+                "ExecSync (true)",
+                runtime.ExecSync,
+                pb.ExecSyncRequest(container_id=cid, cmd=["true"], timeout=10),
+            )
+            record(
+                "StopContainer (timeout 0)",
+                runtime.StopContainer,
+                pb.StopContainerRequest(container_id=cid, timeout=0),
+            )
+            record(
+                "RemoveContainer",
+                runtime.RemoveContainer,
+                pb.RemoveContainerRequest(container_id=cid),
+            )
+
+        idle_kb = _rss_kb(agent_pid)
+        ids = [first]
+        for _ in range(CONTAINERS_FOR_LIST - 1):
+            cid = runtime.CreateContainer(
+                pb.CreateContainerRequest(
+                    pod_sandbox_id=first_pod,
+                    config=_container(image, ["sleep", "3600"]),
+                    sandbox_config=pod_config,
+                )
+            ).container_id
+            runtime.StartContainer(pb.StartContainerRequest(container_id=cid))
+            ids.append(cid)
+        listing = pb.ListContainersRequest()
+        assert len(runtime.ListContainers(listing).containers) == CONTAINERS_FOR_LIST
+        for _ in range(200):
+            record(
+                f"ListContainers ({CONTAINERS_FOR_LIST} containers)",
+                runtime.ListContainers,
+                listing,
+            )
+        conmons = _conmon_pids(marker)
+        conmon_kb = [_rss_kb(pid) for pid in conmons]
+        notes.append(
+            f"agent RSS before the 100 containers {idle_kb / 1024:.1f} MB, with "
+            f"{CONTAINERS_FOR_LIST} running {_rss_kb(agent_pid) / 1024:.1f} MB; "
+            f"conmon RSS per container {sum(conmon_kb) / max(len(conmon_kb), 1) / 1024:.2f} MB "
+            f"({len(conmons)} conmons)"
+        )
+        runtime.StopPodSandbox(pb.StopPodSandboxRequest(pod_sandbox_id=first_pod))
+        runtime.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=first_pod))
+    finally:
+        registry.stop()
+    return notes

@@ -1,0 +1,159 @@
+"""Everything CreateContainer prepares before conmon runs: request checks, the rootfs, the
+resolved user and the OCI spec in the bundle. Blocking; a failure leaves no files behind."""
+
+from __future__ import annotations
+
+import os
+import signal
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from runtime.cgroups import CgroupLayout
+from runtime.container_model import (
+    Container,
+    ContainerConfig,
+    ContainerState,
+    ImageRuntimeConfig,
+    ProcessUser,
+    SeccompKind,
+)
+from runtime.container_setup import (
+    ContainerPaths,
+    container_cgroup_path,
+    mount_rootfs,
+    remove_files,
+    write_spec,
+)
+from runtime.container_store import ContainerStore
+from runtime.errors import InvalidArgument, NotFound
+from runtime.image_user import resolve_user
+from runtime.model import Sandbox
+from runtime.oci_spec import SpecInputs, build_spec, prepare_mount_sources
+from runtime.seccomp import load_profile
+from runtime.seccomp_bpf import SeccompFilters
+from runtime.settings import RuntimeSettings
+
+
+@dataclass(frozen=True)
+class BuiltContainer:
+    user: ProcessUser
+    spec: dict[str, Any]
+
+
+class ContainerBuilder:
+    def __init__(
+        self, settings: RuntimeSettings, cgroups: CgroupLayout, store: ContainerStore
+    ) -> None:
+        self.settings = settings
+        self.cgroups = cgroups
+        self.store = store
+        self._seccomp_default: dict[str, Any] | None = None
+
+    def build(
+        self,
+        container: Container,
+        sandbox: Sandbox,
+        image_config: ImageRuntimeConfig,
+        lowers: list[Path],
+        filters: SeccompFilters | None,
+    ) -> BuiltContainer:
+        paths = ContainerPaths.of(self.settings, container.id)
+        mount_rootfs(paths, lowers)
+        try:
+            config = container.config
+            user = resolve_user(paths.rootfs, config.security, image_config.user)
+            prepare_mount_sources(config)
+            if container.log_path:
+                Path(container.log_path).parent.mkdir(parents=True, exist_ok=True)
+            spec = build_spec(
+                SpecInputs(
+                    container_id=container.id,
+                    config=config,
+                    image=image_config,
+                    user=user,
+                    rootfs=str(paths.rootfs),
+                    sandbox=sandbox,
+                    cgroups_path=container_cgroup_path(sandbox.cgroup_path, container.id),
+                    seccomp_profile=self._seccomp(config),
+                    oom_score_adj_min=own_oom_score_adj(),
+                    target_pid=self._target_pid(config),
+                    cgroup_v2=self.cgroups.unified_root is not None and not self.cgroups.v1_roots,
+                )
+            )
+            if filters is not None:
+                filters.annotate(spec)
+            write_spec(paths, spec)
+        except BaseException:
+            remove_files(paths)
+            raise
+        return BuiltContainer(user, spec)
+
+    def _seccomp(self, config: ContainerConfig) -> dict[str, Any] | None:
+        seccomp = config.security.seccomp
+        if config.security.privileged or seccomp.kind is SeccompKind.UNCONFINED:
+            return None
+        if seccomp.kind is SeccompKind.LOCALHOST:
+            try:
+                return load_profile(Path(seccomp.localhost_path))
+            except OSError as exc:
+                raise InvalidArgument(
+                    f"seccomp profile {seccomp.localhost_path!r}: {exc.strerror}"
+                ) from None
+        if self._seccomp_default is None:
+            self._seccomp_default = load_profile(self.settings.seccomp_profile)
+        return self._seccomp_default
+
+    def _target_pid(self, config: ContainerConfig) -> int | None:
+        target_id = config.security.namespaces.target_id
+        if not target_id:
+            return None
+        target = self.store.find(target_id)
+        if target is None or target.state is not ContainerState.RUNNING:
+            raise NotFound(f"target container {target_id!r} of the PID namespace is not running")
+        return target.pid
+
+
+def validate(config: ContainerConfig) -> None:
+    if not config.name:
+        raise InvalidArgument("config.metadata.name is empty")
+    if not config.image:
+        raise InvalidArgument("config.image.image is empty")
+    if config.log_path:
+        path = PurePosixPath(config.log_path)
+        if path.is_absolute() or ".." in path.parts:
+            raise InvalidArgument(
+                f"config.log_path {config.log_path!r} must stay inside the pod's log directory"
+            )
+
+
+def log_path(sandbox: Sandbox, config: ContainerConfig) -> str:
+    if not config.log_path or not sandbox.config.log_directory:
+        return ""
+    return os.path.join(sandbox.config.log_directory, config.log_path)
+
+
+def signal_number(name: str) -> int:
+    """A StopSignal as images and the CRI write it ("SIGINT", "INT", "2"); SIGTERM if unset
+    or unknown."""
+    if not name:
+        return signal.SIGTERM
+    text = name.upper()
+    if text.isdigit():
+        return int(text)
+    if not text.startswith("SIG"):
+        text = "SIG" + text
+    try:
+        return int(signal.Signals[text])
+    except KeyError:
+        return signal.SIGTERM
+
+
+def own_oom_score_adj() -> int:
+    """The lowest oom_score_adj a container may get: without CAP_SYS_RESOURCE the kernel
+    refuses anything below the agent's own."""
+    try:
+        with open("/proc/self/oom_score_adj") as f:
+            return int(f.read())
+    except OSError:
+        return 0

@@ -1,0 +1,78 @@
+"""A container's files on the host: the overlay rootfs and the OCI bundle. Plain blocking
+functions; the teardown is idempotent, as recovery calls it on half-built containers."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from runtime.images.overlay import mount_overlay, unmount
+from runtime.settings import RuntimeSettings
+
+
+@dataclass(frozen=True)
+class ContainerPaths:
+    bundle: Path
+    upper: Path
+    work: Path
+    rootfs: Path
+
+    @classmethod
+    def of(cls, settings: RuntimeSettings, container_id: str) -> ContainerPaths:
+        bundle = settings.containers_dir / container_id
+        return cls(
+            bundle=bundle,
+            upper=bundle / "upper",
+            work=bundle / "work",
+            rootfs=settings.containers_run_dir / container_id / "rootfs",
+        )
+
+
+def mount_rootfs(paths: ContainerPaths, lowers: list[Path]) -> None:
+    """The bundle dir and the writable overlay over the image's layers; undone on failure."""
+    with ExitStack() as undo:
+        paths.bundle.mkdir(parents=True, mode=0o700)
+        undo.callback(shutil.rmtree, paths.bundle, ignore_errors=True)
+        # The merged root takes the upper dir's mode: it must not be the bundle's 0700.
+        paths.upper.mkdir(mode=0o755)
+        paths.work.mkdir(mode=0o700)
+        paths.rootfs.mkdir(parents=True)
+        undo.callback(shutil.rmtree, paths.rootfs.parent, ignore_errors=True)
+        mount_overlay(lowers, paths.upper, paths.work, paths.rootfs)
+        undo.pop_all()
+
+
+def write_spec(paths: ContainerPaths, spec: dict[str, Any]) -> None:
+    temporary = paths.bundle / "config.json.tmp"
+    temporary.write_text(json.dumps(spec))
+    os.replace(temporary, paths.bundle / "config.json")
+
+
+def read_spec(paths: ContainerPaths) -> dict[str, Any]:
+    spec: dict[str, Any] = json.loads((paths.bundle / "config.json").read_text())
+    return spec
+
+
+def remove_files(paths: ContainerPaths) -> None:
+    unmount(paths.rootfs)
+    shutil.rmtree(paths.rootfs.parent, ignore_errors=True)
+    shutil.rmtree(paths.bundle, ignore_errors=True)
+
+
+def exec_process_spec(
+    paths: ContainerPaths, command: list[str], *, tty: bool = False
+) -> dict[str, Any]:
+    """The container's own process settings (user, env, capabilities...) running command."""
+    process = dict(read_spec(paths)["process"])
+    process["args"] = command
+    process["terminal"] = tty
+    return process
+
+
+def container_cgroup_path(sandbox_cgroup_path: str, container_id: str) -> str:
+    return f"{sandbox_cgroup_path.rstrip('/')}/{container_id}"

@@ -1,0 +1,157 @@
+"""Bad CreateContainer requests: a clear error with the right code, and nothing left behind
+(no rootfs mount, bundle, conmon, cgroup or row)."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from cri_api.v1 import api_pb2 as pb
+
+from tests.e2e.agent import Agent
+from tests.e2e.containers import Pod, container_config, list_containers, pulled
+from tests.e2e.pods import assert_rpc_error
+from tests.registry_fixture import LocalRegistry
+from tests.registry_push import add_file, push_image, tar_of
+
+
+@pytest.fixture
+def image(agent: Agent, registry: LocalRegistry) -> str:
+    return pulled(agent, registry)
+
+
+def assert_nothing_left(agent: Agent, pod: Pod) -> None:
+    assert list_containers(agent) == []
+    assert agent.db_container_ids() == []
+    assert agent.conmons() == []
+    for directory in (agent.root_dir / "containers", agent.run_dir / "containers"):
+        assert not directory.exists() or list(directory.iterdir()) == []
+    cgroup = agent.pod_info(pod.id)["cgroup"].strip("/")
+    for hierarchy in Path("/sys/fs/cgroup").iterdir():
+        pod_dir = hierarchy / cgroup
+        if pod_dir.is_dir():
+            assert [p.name for p in pod_dir.iterdir() if p.is_dir()] == []
+
+
+def bad_requests(image: str, tmp: Path) -> dict[str, tuple[Callable[[Any], None], Any, str]]:
+    """name -> (change to a valid config, expected code, text in the message)."""
+
+    def set_user(config: Any) -> None:
+        config.linux.security_context.run_as_username = "nobody-here"
+
+    def escape_log(config: Any) -> None:
+        config.log_path = "../../escape.log"
+
+    def absolute_log(config: Any) -> None:
+        config.log_path = "/etc/evil.log"
+
+    def bad_device(config: Any) -> None:
+        config.devices.append(pb.Device(container_path="/dev/x", host_path=str(tmp / "plain")))
+
+    def no_name(config: Any) -> None:
+        config.metadata.name = ""
+
+    def unknown_image(config: Any) -> None:
+        config.image.image = "moorage-test/never-pulled:latest"
+
+    def group_without_user(config: Any) -> None:
+        config.linux.security_context.run_as_group.value = 5
+
+    invalid = grpc.StatusCode.INVALID_ARGUMENT
+    return {
+        "unknown user": (set_user, invalid, "nobody-here"),
+        "log path escapes": (escape_log, invalid, "log_path"),
+        "absolute log path": (absolute_log, invalid, "log_path"),
+        "not a device": (bad_device, invalid, "plain"),
+        "empty name": (no_name, invalid, "name"),
+        "unknown image": (unknown_image, grpc.StatusCode.NOT_FOUND, "never-pulled"),
+        "group without user": (group_without_user, invalid, "run_as_group"),
+    }
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        "unknown user",
+        "log path escapes",
+        "absolute log path",
+        "not a device",
+        "empty name",
+        "unknown image",
+        "group without user",
+    ],
+)
+def test_a_bad_container_config_fails_cleanly(
+    agent: Agent, image: str, tmp_path: Path, case: str
+) -> None:
+    (tmp_path / "plain").write_text("not a device")
+    pod = Pod(agent, log_directory=tmp_path / "logs")
+    change, code, text = bad_requests(image, tmp_path)[case]
+    config = container_config(image, ["true"], log_path="ok.log")
+    change(config)
+
+    assert_rpc_error(lambda: pod.create(config), code, text)
+
+    assert_nothing_left(agent, pod)
+    assert not (tmp_path / "escape.log").exists()
+
+
+def test_an_image_without_a_command_needs_one_from_the_request(
+    agent: Agent, registry: LocalRegistry
+) -> None:
+    repository = f"moorage-test/no-cmd-{secrets.token_hex(3)}"
+    layer = tar_of(lambda archive: add_file(archive, "f"))
+    push_image(registry.address, repository, "latest", [layer], run_config={})
+    image = f"{registry.address}/{repository}:latest"
+    agent.images.PullImage(pb.PullImageRequest(image=pb.ImageSpec(image=image)))
+    pod = Pod(agent)
+
+    assert_rpc_error(
+        lambda: pod.create(container_config(image, [])),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "command",
+    )
+
+    assert_nothing_left(agent, pod)
+
+
+def test_a_command_missing_from_the_image_fails_at_create_or_start(
+    agent: Agent, image: str
+) -> None:
+    pod = Pod(agent)
+    config = container_config(image, ["/no/such/binary"])
+    try:
+        container_id = pod.create(config)
+    except grpc.RpcError as exc:
+        assert "/no/such/binary" in exc.details() or "no such file" in exc.details().lower()
+        assert_nothing_left(agent, pod)
+        return
+    with pytest.raises(grpc.RpcError):
+        agent.runtime.StartContainer(pb.StartContainerRequest(container_id=container_id))
+    final = agent.runtime.ContainerStatus(
+        pb.ContainerStatusRequest(container_id=container_id)
+    ).status
+    assert final.state == pb.CONTAINER_EXITED
+    assert final.reason == "ContainerCannotRun"
+
+
+def test_containers_need_a_ready_pod(agent: Agent, image: str) -> None:
+    pod = Pod(agent)
+    agent.stop_pod(pod.id)
+
+    assert_rpc_error(
+        lambda: pod.create(container_config(image, ["true"])),
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "not ready",
+    )
+    missing = Pod.__new__(Pod)
+    missing.agent, missing.config, missing.id = agent, pod.config, "0" * 64
+    assert_rpc_error(
+        lambda: missing.create(container_config(image, ["true"])),
+        grpc.StatusCode.NOT_FOUND,
+        "0" * 64,
+    )
