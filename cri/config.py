@@ -26,6 +26,8 @@ class Config:
     socket: Path = Path("/run/moorage/moorage.sock")
     log_level: str = "info"
     shutdown_grace_s: float = 10.0
+    # "" turns the Prometheus endpoint off.
+    metrics_address: str = "127.0.0.1:9777"
     runtime: RuntimeSettings = field(default_factory=RuntimeSettings)
 
 
@@ -65,6 +67,9 @@ _IMAGES_DOCS = {
     "pull_retries": "retries of a blob or manifest request after a transient failure",
     "pinned_images": "images reported pinned, so kubelet never garbage-collects them",
 }
+_METRICS_DOCS = {
+    "address": 'host:port of the Prometheus endpoint (/metrics); "" turns it off',
+}
 # [network] key -> (attribute of RuntimeSettings.bridge, type); the others are top-level.
 _BRIDGE_KEYS = {
     "bridge": ("bridge", str),
@@ -96,11 +101,13 @@ def parse_config(raw: dict[str, Any], source: str = "config") -> Config:
     runtime_raw = dict(_typed(raw.pop("runtime", {}), dict, source, "runtime"))
     network_raw = dict(_typed(raw.pop("network", {}), dict, source, "network"))
     images_raw = dict(_typed(raw.pop("images", {}), dict, source, "images"))
+    metrics_raw = dict(_typed(raw.pop("metrics", {}), dict, source, "metrics"))
     handlers_raw = runtime_raw.pop("handlers", None)
     _reject_unknown(raw, {*_TOP_DOCS}, source, "")
     _reject_unknown(runtime_raw, {*_RUNTIME_DOCS}, source, "runtime.")
     _reject_unknown(network_raw, {*_NETWORK_DOCS}, source, "network.")
     _reject_unknown(images_raw, {*_IMAGES_DOCS}, source, "images.")
+    _reject_unknown(metrics_raw, {*_METRICS_DOCS}, source, "metrics.")
 
     defaults = Config()
     rt: dict[str, Any] = {}
@@ -148,6 +155,8 @@ def parse_config(raw: dict[str, Any], source: str = "config") -> Config:
         top["socket"] = Path(_typed(raw["socket"], str, source, "socket"))
     if "log_level" in raw:
         top["log_level"] = _typed(raw["log_level"], str, source, "log_level")
+    if "address" in metrics_raw:
+        top["metrics_address"] = _typed(metrics_raw["address"], str, source, "metrics.address")
     if "shutdown_grace_s" in raw:
         top["shutdown_grace_s"] = float(
             _typed(raw["shutdown_grace_s"], (int, float), source, "shutdown_grace_s")
@@ -196,6 +205,12 @@ def validate(config: Config) -> Config:
         raise ConfigError("images.pull_retries must not be negative")
     if config.shutdown_grace_s < 0:
         raise ConfigError("shutdown_grace_s must not be negative")
+    if config.metrics_address and not re.fullmatch(
+        r"(\[[0-9a-fA-F:.]+\]|[^:\[\]]+):\d{1,5}", config.metrics_address
+    ):
+        raise ConfigError(
+            f'metrics.address {config.metrics_address!r}: host:port or [v6]:port, or ""'
+        )
     return config
 
 
@@ -272,6 +287,7 @@ def render_config(config: Config) -> str:
     lines += [_line(k, network_values[k], doc) for k, doc in _NETWORK_DOCS.items()]
     lines += ["", "[images]"]
     lines += [_line(k, getattr(rt.images, k), doc) for k, doc in _IMAGES_DOCS.items()]
+    lines += ["", "[metrics]", _line("address", config.metrics_address, _METRICS_DOCS["address"])]
     for name, handler in rt.handlers.items():
         table = f"runtime.handlers.{_toml_key(name)}"
         lines += ["", f"[{table}]", _line("path", handler.path, "OCI runtime")]

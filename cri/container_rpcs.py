@@ -12,6 +12,7 @@ from cri_api.v1 import api_pb2 as pb
 from cri import container_convert as convert
 from cri.handlers import Handlers
 from runtime.container_events import SubscriberDropped
+from runtime.container_setup import ContainerPaths
 from runtime.errors import InvalidArgument, Unavailable
 
 
@@ -22,7 +23,12 @@ class ContainerRpcs(Handlers):
         return pb.CreateContainerResponse(container_id=container.id)
 
     async def StartContainer(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        await self.runtime.containers.start(_id(request.container_id))
+        container_id = _id(request.container_id)
+        await self.runtime.containers.start(container_id)
+        started = self.runtime.containers.status(container_id)
+        self.runtime.layer_usage.measure_soon(
+            started.id, ContainerPaths.of(self.runtime.settings, started.id).upper
+        )
         return pb.StartContainerResponse()
 
     async def StopContainer(self, request: Any, context: grpc.aio.ServicerContext) -> Any:

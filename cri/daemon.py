@@ -19,6 +19,7 @@ from cri_api.v1 import api_pb2_grpc
 from cri.config import Config, ConfigError
 from cri.image_service import ImageService
 from cri.interceptor import CallInterceptor
+from cri.metrics_wiring import AgentMetrics
 from cri.runtime_service import RuntimeService
 from network.errors import NetworkError
 from runtime.agent import Runtime
@@ -75,6 +76,7 @@ async def serve(config: Config) -> int:
                 # Served anyway: Status reports NetworkReady false with the cause.
                 log.warning("pod network not ready", error=str(exc))
             runtime.watch_exits()
+            runtime.layer_usage.start()
             return await _serve_grpc(config, runtime)
         finally:
             runtime.close()
@@ -97,6 +99,11 @@ async def _serve_grpc(config: Config, runtime: Runtime) -> int:
     _claim_socket(config.socket)
     if server.add_insecure_port(f"unix://{config.socket}") == 0:
         raise ConfigError(f"cannot listen on {config.socket}")
+    metrics = AgentMetrics(runtime)
+    try:
+        metrics.start(config.metrics_address)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"metrics.address {config.metrics_address!r}: {exc}") from None
     await server.start()
     os.chmod(config.socket, 0o660)
 
@@ -119,6 +126,8 @@ async def _serve_grpc(config: Config, runtime: Runtime) -> int:
     await runtime.containers.drain()
     await runtime.sandboxes.drain()
     await runtime.images.close()
+    await runtime.layer_usage.close()
+    await metrics.close()
     config.socket.unlink(missing_ok=True)
     log.info("stopped; pods and containers are left running")
     return 0

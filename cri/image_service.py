@@ -12,7 +12,8 @@ from cri_api.v1 import api_pb2 as pb
 
 from cri.handlers import Handlers
 from cri.unimplemented import UnimplementedFallback
-from runtime.agent import DiskUsage
+from metrics.agent_metrics import record_image_pull
+from runtime.disk_usage import DiskUsage
 from runtime.errors import InvalidArgument
 from runtime.images.model import Image
 from runtime.images.registry import Credentials
@@ -77,7 +78,9 @@ class ImageService(Handlers, UnimplementedFallback):
 
     async def PullImage(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         name = _image_name(request.image, "image")
+        started = time.monotonic()
         image = await self.runtime.images.pull(name, credentials_from_proto(request.auth))
+        record_image_pull(image.size, time.monotonic() - started)
         return pb.PullImageResponse(image_ref=image.id)
 
     async def ListImages(self, request: Any, context: grpc.aio.ServicerContext) -> Any:

@@ -7,13 +7,16 @@ import asyncio
 import inspect
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
 import structlog
+from google.protobuf.message import DecodeError
 
 from cri.errors import DOMAIN_ERRORS, status_code_for
 from metrics.operations import record_cri_call
+from runtime.errors import InvalidArgument
 
 log = structlog.get_logger("moorage.cri")
 
@@ -51,16 +54,17 @@ class CallInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         if handler is None:
             return None
         method = handler_call_details.method.rsplit("/", 1)[-1]
+        deserializer = _tolerant(handler.request_deserializer)
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
                 self._unary(method, handler.unary_unary),
-                request_deserializer=handler.request_deserializer,
+                request_deserializer=deserializer,
                 response_serializer=handler.response_serializer,
             )
         if handler.unary_stream is not None:
             return grpc.unary_stream_rpc_method_handler(
                 self._stream(method, handler.unary_stream),
-                request_deserializer=handler.request_deserializer,
+                request_deserializer=deserializer,
                 response_serializer=handler.response_serializer,
             )
         return handler
@@ -70,6 +74,7 @@ class CallInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             started = time.perf_counter()
             ids = _object_ids(request)
             try:
+                _check_decoded(request)
                 response = await inner(request, context)
             except asyncio.CancelledError:
                 _finish(method, grpc.StatusCode.CANCELLED, started, ids, "client went away")
@@ -91,6 +96,7 @@ class CallInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             started = time.perf_counter()
             ids = _object_ids(request)
             try:
+                _check_decoded(request)
                 produced = inner(request, context)
                 if inspect.isawaitable(produced):
                     await produced
@@ -109,6 +115,33 @@ class CallInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             await context.abort(code, message)
 
         return behavior
+
+
+@dataclass(frozen=True)
+class _Undecodable:
+    error: str
+
+
+def _tolerant(deserialize: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    """A request that does not parse (e.g. a string field that is not UTF-8) reaches the
+    handler wrapper as _Undecodable, to be answered INVALID_ARGUMENT, not UNKNOWN."""
+    if deserialize is None:
+        return None
+
+    def parse(data: bytes) -> Any:
+        try:
+            return deserialize(data)
+        except DecodeError as exc:
+            return _Undecodable(str(exc))
+
+    return parse
+
+
+def _check_decoded(request: Any) -> None:
+    if isinstance(request, _Undecodable):
+        raise InvalidArgument(
+            f"the request cannot be parsed ({request.error}); string fields must be UTF-8"
+        )
 
 
 def _failure(method: str, exc: Exception) -> tuple[grpc.StatusCode, str]:

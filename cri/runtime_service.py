@@ -3,10 +3,19 @@
 from __future__ import annotations
 
 from cri.container_rpcs import ContainerRpcs
+from cri.pod_metrics_rpcs import PodMetricsRpcs
 from cri.runtime_info import RuntimeInfoRpcs
 from cri.sandbox_rpcs import PodSandboxRpcs
+from cri.stats_rpcs import StatsRpcs
 from cri.unimplemented import UnimplementedFallback
 
 
-class RuntimeService(RuntimeInfoRpcs, PodSandboxRpcs, ContainerRpcs, UnimplementedFallback):
+class RuntimeService(
+    RuntimeInfoRpcs,
+    PodSandboxRpcs,
+    ContainerRpcs,
+    StatsRpcs,
+    PodMetricsRpcs,
+    UnimplementedFallback,
+):
     service_name = "runtime.v1.RuntimeService"

@@ -39,10 +39,12 @@ from network.types import HostPort, PodNetworkRequest
 from runtime.state_db import StateDB
 from tests.cni_plugins import remove_plugin_rules, rule_marker, standard_plugins
 from tests.images_build import build_all
+from tests.netutil import free_port
 from tests.registry_fixture import push, start_registry
 from tests.registry_push import add_file, push_image, tar_of
 
 REPO = Path(__file__).resolve().parent.parent
+METRICS_PORT = free_port()
 
 
 @contextlib.contextmanager
@@ -56,6 +58,7 @@ def own_agent() -> Iterator[tuple[Path, int]]:
         f'[network]\nbridge = "{bridge}"\nchain_prefix = "{prefix}"\npod_cidr = "10.254.0.0/16"\n'
         f'[runtime]\ndefault_cgroup_parent = "{parent}"\n'
         f'[images]\nregistries_conf = "{base}/registries.conf"\n'
+        f'[metrics]\naddress = "127.0.0.1:{METRICS_PORT}"\n'
     )
     socket = base / "cri.sock"
     log = (base / "agent.log").open("w")
@@ -318,7 +321,9 @@ def main() -> int:
         bench_bridge(args.n, timings)
         bench_cni(args.n, timings)
         notes = bench_images(socket, timings)
-        notes += bench_containers(socket, args.n, timings, agent_pid, str(socket.parent))
+        notes += bench_containers(
+            socket, args.n, timings, agent_pid, str(socket.parent), METRICS_PORT
+        )
         print(timings.report())
         print("\n" + "\n".join(notes))
         if agent_pid:

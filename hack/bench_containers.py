@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import grpc
+import httpx
 from cri_api.v1 import api_pb2 as pb
 from cri_api.v1 import api_pb2_grpc
 
@@ -59,8 +60,8 @@ class Timings(Protocol):
     def record(self, label: str, started: float) -> None: ...
 
 
-def bench_containers(
-    socket: Path, n: int, timings: Timings, agent_pid: int, marker: str
+def bench_containers(  # noqa: PLR0917
+    socket: Path, n: int, timings: Timings, agent_pid: int, marker: str, metrics_port: int
 ) -> list[str]:
     """marker is in every conmon's argv (the agent's root dir)."""
     record = timings.time
@@ -126,6 +127,24 @@ def bench_containers(
                 pb.RemoveContainerRequest(container_id=cid),
             )
 
+        # The same with runc, the other handler, for the comparison in the README.
+        runc_config = _pod_config()
+        runc_pod = runtime.RunPodSandbox(
+            pb.RunPodSandboxRequest(config=runc_config, runtime_handler="runc")
+        ).pod_sandbox_id
+        for _ in range(n):
+            create = pb.CreateContainerRequest(
+                pod_sandbox_id=runc_pod,
+                config=_container(image, ["sleep", "3600"]),
+                sandbox_config=runc_config,
+            )
+            begun = time.perf_counter()
+            cid = runtime.CreateContainer(create).container_id
+            runtime.StartContainer(pb.StartContainerRequest(container_id=cid))
+            timings.record("create + start (runc handler)", begun)
+            runtime.RemoveContainer(pb.RemoveContainerRequest(container_id=cid))
+        runtime.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=runc_pod))
+
         idle_kb = _rss_kb(agent_pid)
         ids = [first]
         for _ in range(CONTAINERS_FOR_LIST - 1):
@@ -146,6 +165,20 @@ def bench_containers(
                 runtime.ListContainers,
                 listing,
             )
+        stats_request = pb.ListContainerStatsRequest()
+        assert len(runtime.ListContainerStats(stats_request).stats) == CONTAINERS_FOR_LIST
+        for _ in range(20):
+            record(
+                f"ListContainerStats ({CONTAINERS_FOR_LIST} containers)",
+                runtime.ListContainerStats,
+                stats_request,
+            )
+        url = f"http://127.0.0.1:{metrics_port}/metrics"
+        with httpx.Client() as http:
+            for _ in range(20):
+                begun = time.perf_counter()
+                http.get(url).raise_for_status()
+                timings.record(f"Prometheus scrape ({CONTAINERS_FOR_LIST} containers)", begun)
         conmons = _conmon_pids(marker)
         conmon_kb = [_rss_kb(pid) for pid in conmons]
         notes.append(

@@ -13,11 +13,14 @@ from network.ipam import parse_ranges
 from network.types import PodNetwork
 from runtime.cgroups import CgroupLayout, CgroupMode
 from runtime.container_recovery import reconcile_containers
+from runtime.container_setup import ContainerPaths
 from runtime.container_store import ContainerStore
 from runtime.containers import ContainerManager
+from runtime.disk_usage import DiskUsage, disk_usage
 from runtime.errors import InvalidArgument
 from runtime.exit_watcher import ExitWatcher
 from runtime.images.manager import ImageManager
+from runtime.layer_usage import WritableLayerUsage
 from runtime.model import SandboxFilter, SandboxState
 from runtime.oci_runtime import OciRuntime
 from runtime.recovery import reconcile_sandboxes
@@ -27,13 +30,6 @@ from runtime.settings import RuntimeSettings
 from runtime.state_db import StateDB
 
 _POD_CIDR_KEY = "pod_cidr"
-
-
-@dataclass(frozen=True)
-class DiskUsage:
-    path: Path
-    used_bytes: int
-    inodes_used: int
 
 
 @dataclass(frozen=True)
@@ -85,6 +81,11 @@ class Runtime:
             self.runtimes,
         )
         self._exit_watcher: ExitWatcher | None = None
+        self.layer_usage = WritableLayerUsage(
+            lambda: {
+                c.id: ContainerPaths.of(settings, c.id).upper for c in self.containers.store.all()
+            }
+        )
 
     def _hidden_for(self, binary: Path) -> Path | None:
         """crun 1.8 refuses to create containers on a hybrid host while it sees the unified
@@ -174,21 +175,3 @@ class Runtime:
 
     def container_fs_usage(self) -> DiskUsage:
         return disk_usage(self.store_dirs(self.settings)[2])
-
-
-def disk_usage(path: Path, *more: Path) -> DiskUsage:
-    """Bytes and inodes below the paths, counting each hard-linked inode once; reported
-    under the first path."""
-    seen: set[tuple[int, int]] = set()
-    used = 0
-    for dirpath, dirnames, filenames in (entry for p in (path, *more) for entry in os.walk(p)):
-        for name in (*dirnames, *filenames):
-            try:
-                st = os.lstat(os.path.join(dirpath, name))
-            except FileNotFoundError:
-                continue
-            key = (st.st_dev, st.st_ino)
-            if key not in seen:
-                seen.add(key)
-                used += st.st_blocks * 512
-    return DiskUsage(path, used, len(seen))

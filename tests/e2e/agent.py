@@ -36,6 +36,7 @@ from tests.e2e.kernel import (
     process_id,
     wait_until,
 )
+from tests.netutil import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 MOORAGE = REPO / ".venv" / "bin" / "moorage"
@@ -80,8 +81,13 @@ class Agent:
         self.bridge = f"mre{self.token}"
         self.chain_prefix = f"MRE{self.token.upper()}"
         self.pod_cidr = f"10.{200 + int(self.token[:2], 16) % 50}.{int(self.token[2:4], 16)}.0/24"
+        # Port 0 would be any free port, but tests and scrapers need to know which.
+        self.metrics_port = free_port()
         self.config_path.write_text(
             "shutdown_grace_s = 2.0\n"
+            "\n"
+            "[metrics]\n"
+            f'address = "127.0.0.1:{self.metrics_port}"\n'
             "\n"
             "[network]\n"
             f'bridge = "{self.bridge}"\n'
@@ -169,6 +175,11 @@ class Agent:
         self._channel = grpc.insecure_channel(f"unix://{self.socket}", options=_CHANNEL_OPTIONS)
         self.runtime = api_pb2_grpc.RuntimeServiceStub(self._channel)  # type: ignore[no-untyped-call]
         self.images = api_pb2_grpc.ImageServiceStub(self._channel)  # type: ignore[no-untyped-call]
+
+    def runtime_channel(self) -> Any:
+        """The agent's gRPC channel, for calls the generated stubs cannot make."""
+        assert self._channel is not None, "the agent is not running"
+        return self._channel
 
     def _disconnect(self) -> None:
         if self._channel is not None:

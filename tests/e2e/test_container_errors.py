@@ -155,3 +155,21 @@ def test_containers_need_a_ready_pod(agent: Agent, image: str) -> None:
         grpc.StatusCode.NOT_FOUND,
         "0" * 64,
     )
+
+
+def test_a_name_that_is_not_utf8_is_invalid_argument(agent: Agent, image: str) -> None:
+    pod = Pod(agent)
+    marker = "NAME-PLACEHOLDER"
+    request = pb.CreateContainerRequest(
+        pod_sandbox_id=pod.id, config=container_config(image, ["true"], name=marker)
+    )
+    raw = request.SerializeToString().replace(marker.encode(), b"\xff" * len(marker))
+    call = agent.runtime_channel().unary_unary(
+        "/runtime.v1.RuntimeService/CreateContainer",
+        request_serializer=lambda data: data,
+        response_deserializer=lambda data: data,
+    )
+
+    assert_rpc_error(lambda: call(raw, timeout=10), grpc.StatusCode.INVALID_ARGUMENT, "UTF-8")
+
+    assert_nothing_left(agent, pod)

@@ -130,9 +130,9 @@ def test_unbuilt_runtime_rpc_answers_unimplemented_naming_the_method(agent: Agen
 
 def test_unbuilt_rpc_answers_unimplemented_naming_the_method(agent: Agent) -> None:
     assert_rpc_error(
-        lambda: agent.runtime.ListContainerStats(pb.ListContainerStatsRequest()),
+        lambda: agent.runtime.PortForward(pb.PortForwardRequest(pod_sandbox_id="c0ffee")),
         grpc.StatusCode.UNIMPLEMENTED,
-        "ListContainerStats",
+        "PortForward",
     )
 
 

@@ -122,7 +122,7 @@ def test_empty_file_gives_the_defaults(tmp_path: Path) -> None:
     ("text", "key"),
     [
         ("colour = 1", "colour"),
-        ("[metrics]\nport = 1", "metrics"),
+        ("[metrics]\nport = 1", "metrics.port"),
         ("[runtime]\nroot_dir = '/x'", "runtime.root_dir"),
         ("[runtime]\nconmon = '/x'", "runtime.conmon"),
         ("[network]\ncidr = '10.0.0.0/8'", "network.cidr"),
@@ -298,7 +298,7 @@ def test_every_rendered_key_has_a_comment(config: Config) -> None:
     key_lines = [line for line in lines if "=" in line and not line.startswith("[")]
 
     # 5 top-level, 7 [runtime], 8 [network], 6 [images] keys, and one path per handler.
-    assert len(key_lines) == 26 + len(config.runtime.handlers)
+    assert len(key_lines) == 27 + len(config.runtime.handlers)
     for line in key_lines:
         value_and_comment = line.split(" = ", 1)[1]
         assert "  # " in value_and_comment, line
@@ -372,3 +372,16 @@ def test_network_keys_reach_the_bridge_settings() -> None:
 def test_bad_network_settings_are_refused_naming_the_key(text: str, named: str) -> None:
     with pytest.raises(ConfigError, match=named):
         _parse(f"[network]\n{text}\n")
+
+
+@pytest.mark.parametrize("address", ["127.0.0.1:9777", "[::1]:0", "localhost:80", ""])
+def test_metrics_address_accepts_host_port_or_nothing(address: str) -> None:
+    config = parse_config({"metrics": {"address": address}})
+
+    assert config.metrics_address == address
+
+
+@pytest.mark.parametrize("address", ["9777", "127.0.0.1", "::1:80", "host:port"])
+def test_metrics_address_must_be_host_and_port(address: str) -> None:
+    with pytest.raises(ConfigError, match=r"metrics\.address"):
+        parse_config({"metrics": {"address": address}})

@@ -1,0 +1,291 @@
+"""The cAdvisor-compatible collector and the agent's own figures, rendered as a scrape sees them."""
+
+from __future__ import annotations
+
+import re
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.registry import Collector
+
+from metrics.agent_metrics import StateCollector, record_image_pull, record_oom_kill
+from metrics.container_metrics import (
+    ContainerCollector,
+    ContainerSample,
+    PodSample,
+    block_device_name,
+)
+from metrics.model import (
+    BlkioDevice,
+    CgroupStats,
+    CpuSpec,
+    CpuStats,
+    InterfaceStats,
+    MemoryStats,
+    PidsStats,
+)
+from metrics.operations import REGISTRY
+
+NOW_S = 1_700_000_123.75
+CID = "c0ffee" * 10 + "abcd"
+CGROUP = f"/kubepods/burstable/pod-uid-1/{CID}"
+CONTAINER_LABELS = {
+    "container": "web",
+    "id": CGROUP,
+    "image": "docker.io/library/nginx:1.25",
+    "name": CID,
+    "namespace": "default",
+    "pod": "web-0",
+}
+POD_LABELS = {
+    "container": "",
+    "id": "/kubepods/burstable/pod-uid-1",
+    "image": "",
+    "name": "",
+    "namespace": "default",
+    "pod": "web-0",
+}
+
+
+def line(name: str, labels: dict[str, str], value: str) -> str:
+    """One exposition line; labels are sorted, as prometheus-client writes them."""
+    rendered = ",".join(f'{key}="{labels[key]}"' for key in sorted(labels))
+    return f"{name}{{{rendered}}} {value}"
+
+
+FULL_STATS = CgroupStats(
+    cpu=CpuStats(
+        usage_ns=2_500_000_000,
+        user_ns=1_500_000_000,
+        system_ns=1_000_000_000,
+        periods=40,
+        throttled_periods=3,
+        throttled_ns=250_000_000,
+    ),
+    memory=MemoryStats(
+        usage_bytes=10_485_760,
+        working_set_bytes=8_388_608,
+        rss_bytes=4_194_304,
+        cache_bytes=2_097_152,
+        swap_bytes=0,
+        failcnt=2,
+        oom_events=5,
+        oom_kills=1,
+        limit_bytes=268_435_456,
+    ),
+    pids=PidsStats(current=7, limit=100),
+    blkio=[BlkioDevice(major=8, minor=0, read_bytes=4096, write_bytes=8192)],
+    cpu_spec=CpuSpec(shares=512, quota=50_000, period=100_000),
+)
+
+
+def container(stats: CgroupStats = FULL_STATS, **changes: str) -> ContainerSample:
+    fields = {
+        "container": "web",
+        "pod": "web-0",
+        "namespace": "default",
+        "id": CGROUP,
+        "image": "docker.io/library/nginx:1.25",
+        "name": CID,
+    } | changes
+    return ContainerSample(**fields, stats=stats, start_time_s=1_700_000_000.0)
+
+
+def pod() -> PodSample:
+    return PodSample(
+        pod="web-0",
+        namespace="default",
+        id="/kubepods/burstable/pod-uid-1",
+        interfaces=[
+            InterfaceStats(
+                name="eth0",
+                rx_bytes=1000,
+                rx_packets=10,
+                rx_errors=1,
+                rx_dropped=2,
+                tx_bytes=2000,
+                tx_packets=20,
+                tx_errors=3,
+                tx_dropped=4,
+            )
+        ],
+    )
+
+
+def scrape(*collectors: Collector) -> list[str]:
+    registry = CollectorRegistry(auto_describe=True)
+    for collector in collectors:
+        registry.register(collector)
+    return generate_latest(registry).decode().splitlines()
+
+
+def collector(containers: list[ContainerSample], pods: list[PodSample]) -> ContainerCollector:
+    return ContainerCollector(
+        lambda: (containers, pods),
+        device_name=lambda major, minor: f"/dev/test{major}-{minor}",
+        clock=lambda: NOW_S,
+    )
+
+
+def test_every_figure_is_exposed_under_cadvisors_name_and_labels() -> None:
+    lines = scrape(collector([container()], [pod()]))
+
+    c = CONTAINER_LABELS
+    eth0 = POD_LABELS | {"interface": "eth0"}
+    expected = [
+        line("container_cpu_usage_seconds_total", c | {"cpu": "total"}, "2.5"),
+        line("container_cpu_user_seconds_total", c, "1.5"),
+        line("container_cpu_system_seconds_total", c, "1.0"),
+        line("container_cpu_cfs_periods_total", c, "40.0"),
+        line("container_cpu_cfs_throttled_periods_total", c, "3.0"),
+        line("container_cpu_cfs_throttled_seconds_total", c, "0.25"),
+        line("container_memory_usage_bytes", c, "1.048576e+07"),
+        line("container_memory_working_set_bytes", c, "8.388608e+06"),
+        line("container_memory_rss", c, "4.194304e+06"),
+        line("container_memory_cache", c, "2.097152e+06"),
+        line("container_memory_swap", c, "0.0"),
+        line("container_memory_failcnt", c, "2.0"),
+        line("container_oom_events_total", c, "1.0"),
+        line("container_spec_memory_limit_bytes", c, "2.68435456e+08"),
+        line("container_spec_cpu_quota", c, "50000.0"),
+        line("container_spec_cpu_period", c, "100000.0"),
+        line("container_spec_cpu_shares", c, "512.0"),
+        line("container_processes", c, "7.0"),
+        line("container_start_time_seconds", c, "1.7e+09"),
+        line("container_last_seen", c, "1.700000123e+09"),
+        line("container_fs_reads_bytes_total", c | {"device": "/dev/test8-0"}, "4096.0"),
+        line("container_fs_writes_bytes_total", c | {"device": "/dev/test8-0"}, "8192.0"),
+        line("container_network_receive_bytes_total", eth0, "1000.0"),
+        line("container_network_receive_packets_total", eth0, "10.0"),
+        line("container_network_receive_errors_total", eth0, "1.0"),
+        line("container_network_receive_packets_dropped_total", eth0, "2.0"),
+        line("container_network_transmit_bytes_total", eth0, "2000.0"),
+        line("container_network_transmit_packets_total", eth0, "20.0"),
+        line("container_network_transmit_errors_total", eth0, "3.0"),
+        line("container_network_transmit_packets_dropped_total", eth0, "4.0"),
+        "container_scrape_error 0.0",
+    ]
+    missing = [line for line in expected if line not in lines]
+    assert not missing, "\n".join(["missing:", *missing, "got:", *lines])
+
+
+def test_help_and_type_lines_carry_the_exposed_name_without_a_doubled_total() -> None:
+    """Regression: CounterMetricFamily adds _total itself, so a name given with it must not end
+    up as ..._total_total."""
+    lines = scrape(collector([container()], [pod()]))
+
+    assert not [text for text in lines if "_total_total" in text]
+    assert "# TYPE container_cpu_usage_seconds_total counter" in lines
+    assert (
+        "# HELP container_cpu_usage_seconds_total Cumulative cpu time consumed in seconds." in lines
+    )
+    assert "# TYPE container_memory_working_set_bytes gauge" in lines
+    assert "# TYPE container_network_receive_bytes_total counter" in lines
+    # cAdvisor's counter without _total cannot be a counter here; its name stays exact.
+    assert "# TYPE container_memory_failcnt untyped" in lines
+    typed = {text.split()[2] for text in lines if text.startswith("# TYPE ")}
+    sampled = {re.split(r"[{ ]", text)[0] for text in lines if not text.startswith("#")}
+    assert sampled == typed
+
+
+def test_figures_the_host_does_not_provide_are_left_out_not_zeroed() -> None:
+    lines = scrape(collector([container(CgroupStats())], []))
+
+    samples = [text for text in lines if not text.startswith("#")]
+    assert sorted(re.split(r"[{ ]", text)[0] for text in samples) == [
+        "container_last_seen",
+        "container_scrape_error",
+        "container_start_time_seconds",
+    ]
+
+
+def test_unlimited_memory_is_a_zero_limit_as_in_cadvisor() -> None:
+    stats = CgroupStats(memory=MemoryStats(usage_bytes=100, limit_bytes=None))
+
+    lines = scrape(collector([container(stats)], []))
+
+    assert line("container_spec_memory_limit_bytes", CONTAINER_LABELS, "0.0") in lines
+
+
+def test_throttling_counters_appear_only_for_a_container_with_a_cpu_quota() -> None:
+    cpu = CpuStats(usage_ns=1, periods=0, throttled_periods=0, throttled_ns=0)
+    stats = CgroupStats(cpu=cpu, cpu_spec=CpuSpec(shares=1024, quota=None, period=100_000))
+
+    lines = scrape(collector([container(stats)], []))
+
+    assert not [text for text in lines if "cfs" in text or "container_spec_cpu_quota" in text]
+    assert line("container_spec_cpu_shares", CONTAINER_LABELS, "1024.0") in lines
+
+
+def test_each_container_and_pod_gets_its_own_series() -> None:
+    other = container(container="sidecar", name="d00d", id=f"{CGROUP}-2")
+
+    lines = scrape(collector([container(), other], [pod()]))
+
+    working_set = [text for text in lines if text.startswith("container_memory_working_set_bytes")]
+    assert len(working_set) == 2
+    assert any('container="sidecar"' in text and 'name="d00d"' in text for text in working_set)
+
+
+def test_snapshot_is_taken_once_per_scrape_and_never_at_registration() -> None:
+    calls: list[int] = []
+
+    def snapshot() -> tuple[list[ContainerSample], list[PodSample]]:
+        calls.append(1)
+        return [container()], [pod()]
+
+    registry = CollectorRegistry(auto_describe=True)
+    registry.register(ContainerCollector(snapshot))
+    assert calls == []
+
+    generate_latest(registry)
+    assert calls == [1]
+
+
+def test_a_failing_snapshot_reports_a_scrape_error_and_spares_other_collectors() -> None:
+    def broken() -> tuple[list[ContainerSample], list[PodSample]]:
+        raise OSError("cgroup gone")
+
+    lines = scrape(
+        ContainerCollector(broken),
+        StateCollector(lambda: {"ready": 1}, lambda: {}),
+    )
+
+    assert "container_scrape_error 1.0" in lines
+    assert 'moorage_pods{state="ready"} 1.0' in lines
+
+
+def test_a_block_device_sysfs_does_not_know_is_named_by_its_numbers() -> None:
+    assert block_device_name(4095, 1048575) == "/dev/block/4095:1048575"
+
+
+def test_pods_and_containers_are_counted_by_state() -> None:
+    lines = scrape(
+        StateCollector(
+            lambda: {"ready": 2, "notready": 1},
+            lambda: {"running": 3, "exited": 1, "created": 0},
+        )
+    )
+
+    assert "# TYPE moorage_pods gauge" in lines
+    assert 'moorage_pods{state="notready"} 1.0' in lines
+    assert 'moorage_pods{state="ready"} 2.0' in lines
+    assert 'moorage_containers{state="running"} 3.0' in lines
+    assert 'moorage_containers{state="created"} 0.0' in lines
+
+
+def test_pulls_and_oom_kills_are_counted_in_the_agent_registry() -> None:
+    def value(name: str) -> float:
+        return REGISTRY.get_sample_value(name) or 0.0
+
+    before = (
+        value("moorage_image_pull_bytes_total"),
+        value("moorage_image_pull_duration_seconds_count"),
+        value("moorage_oom_kills_total"),
+    )
+
+    record_image_pull(1234, 2.5)
+    record_oom_kill()
+
+    assert value("moorage_image_pull_bytes_total") == before[0] + 1234
+    assert value("moorage_image_pull_duration_seconds_count") == before[1] + 1
+    assert value("moorage_oom_kills_total") == before[2] + 1
