@@ -133,8 +133,10 @@ class CgroupLayout:
         return any(d.is_dir() for d in self.dirs(cgroup_path))
 
     def remove(self, cgroup_path: str, timeout_s: float = 2.0) -> None:
-        """Remove the cgroup and any children left in it; a missing cgroup is fine."""
-        for directory in self.dirs(cgroup_path):
+        """Remove the cgroup and any children left in it; a missing cgroup is fine. On a
+        hybrid host the unified tree is swept too: runc mirrors its cgroups there."""
+        relative = cgroup_path.strip("/")
+        for directory in {*self.dirs(cgroup_path), *(root / relative for root in self.roots)}:
             _remove_tree(directory, timeout_s)
 
 

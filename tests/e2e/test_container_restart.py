@@ -20,6 +20,7 @@ from tests.e2e.containers import (
     wait_for_exit,
 )
 from tests.e2e.kernel import wait_until
+from tests.e2e.pods import pod_config
 from tests.registry_fixture import LocalRegistry
 
 CYCLES = 50
@@ -101,3 +102,23 @@ def _pids_in_cgroup(agent: Agent, pod: Pod, container_id: str) -> list[int]:
     cgroup = rows[0]["cgroup_path"].strip("/")
     procs = Path("/sys/fs/cgroup/memory") / cgroup / container_id / "cgroup.procs"
     return [int(pid) for pid in procs.read_text().split()]
+
+
+def test_a_runc_pod_leaves_nothing_behind_either(agent: Agent, registry: LocalRegistry) -> None:
+    """runc also mirrors its cgroups into the unified tree of a hybrid host."""
+    image = pulled(agent, registry)
+    config = pod_config()
+    pod_id = agent.run_pod(config, runtime_handler="runc")
+    container_id = agent.runtime.CreateContainer(
+        pb.CreateContainerRequest(
+            pod_sandbox_id=pod_id,
+            config=container_config(image, ["echo", "hi"]),
+            sandbox_config=config,
+        )
+    ).container_id
+    agent.runtime.StartContainer(pb.StartContainerRequest(container_id=container_id))
+    wait_for_exit(agent, container_id)
+
+    agent.remove_pod(pod_id)
+
+    assert agent.leftovers() == []

@@ -512,3 +512,18 @@ def test_v1_remove_removes_the_cgroup_from_every_hierarchy(
 
     assert not layout.exists("/pod")
     assert all(root.is_dir() for root in v1_roots.values())
+
+
+def test_hybrid_remove_also_sweeps_what_runc_mirrored_in_the_unified_tree(
+    v1_roots: dict[str, Path], tmp_path: Path
+) -> None:
+    unified = tmp_path / "unified"
+    (unified / "pod" / "container").mkdir(parents=True)
+    for root in v1_roots.values():
+        (root / "pod").mkdir()
+    layout = CgroupLayout(CgroupMode.HYBRID, v1_roots, unified)
+
+    layout.remove("/pod")
+
+    assert not (unified / "pod").exists()
+    assert not layout.exists("/pod")
