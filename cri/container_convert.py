@@ -140,6 +140,12 @@ def _security(sc: Any) -> ContainerSecurity:
             raise InvalidArgument(f"{field}.seccomp.localhost_ref is empty for a Localhost profile")
         seccomp = Seccomp(kind, sc.seccomp.localhost_ref)
     return ContainerSecurity(
+        strict_supplemental_groups=sc.supplemental_groups_policy
+        == pb.SupplementalGroupsPolicy.Strict,
+        apparmor_profile=_apparmor(sc, field),
+        selinux_labelled=any(
+            getattr(sc.selinux_options, key) for key in ("user", "role", "type", "level")
+        ),
         run_as_user=sc.run_as_user.value if sc.HasField("run_as_user") else None,
         run_as_username=sc.run_as_username,
         run_as_group=sc.run_as_group.value if sc.HasField("run_as_group") else None,
@@ -159,6 +165,20 @@ def _security(sc: Any) -> ContainerSecurity:
             target_id=ns.target_id,
         ),
     )
+
+
+def _apparmor(sc: Any, field: str) -> str:
+    """The profile in the form the deprecated apparmor_profile string used."""
+    if sc.HasField("apparmor"):
+        kind = sc.apparmor.profile_type
+        if kind == pb.SecurityProfile.Unconfined:
+            return "unconfined"
+        if kind == pb.SecurityProfile.Localhost:
+            if not sc.apparmor.localhost_ref:
+                raise InvalidArgument(f"{field}.apparmor.localhost_ref is empty for Localhost")
+            return f"localhost/{sc.apparmor.localhost_ref}"
+        return "runtime/default"
+    return str(sc.apparmor_profile)
 
 
 def _metadata(container: Container) -> Any:

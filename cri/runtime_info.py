@@ -60,7 +60,11 @@ class RuntimeInfoRpcs(Handlers):
             info["config"] = json.dumps(config_as_dict(self.config), sort_keys=True)
             info["podCIDR"] = runtime.pod_cidr
         return pb.StatusResponse(
-            status=pb.RuntimeStatus(conditions=conditions), info=info, runtime_handlers=handlers
+            status=pb.RuntimeStatus(conditions=conditions),
+            info=info,
+            runtime_handlers=handlers,
+            # kubelet refuses pods asking for SupplementalGroupsPolicy Strict otherwise.
+            features=pb.RuntimeFeatures(supplemental_groups_policy=True),
         )
 
     async def RuntimeConfig(self, request: Any, context: grpc.aio.ServicerContext) -> Any:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from runtime.container_model import ContainerSecurity
-from runtime.errors import InvalidArgument
+from runtime.errors import FailedPrecondition, InvalidArgument
 
 # Index = the kernel's capability number (include/uapi/linux/capability.h).
 CAPABILITY_NAMES = (
@@ -85,12 +85,27 @@ def kernel_capabilities(cap_last_cap: Path = CAP_LAST_CAP) -> list[str]:
 
 def agent_has(capability: str, status: Path = Path("/proc/self/status")) -> bool:
     """Whether this process holds `capability` in its effective set."""
+    return bool(_mask("CapEff", status) >> CAPABILITY_NAMES.index(capability) & 1)
+
+
+def grantable_capabilities(
+    cap_last_cap: Path = CAP_LAST_CAP, status: Path = Path("/proc/self/status")
+) -> list[str]:
+    """What a container can be given: the kernel's capabilities within the agent's own
+    bounding set (the runtime's capset refuses the rest, as this VM's missing
+    CAP_SYS_RESOURCE shows). containerd grants the same."""
+    bounding = _mask("CapBnd", status)
+    return [
+        c for c in kernel_capabilities(cap_last_cap) if bounding >> CAPABILITY_NAMES.index(c) & 1
+    ]
+
+
+def _mask(line: str, status: Path) -> int:
     try:
         lines = status.read_text().splitlines()
     except OSError:
-        return False
-    effective = next((ln.split()[1] for ln in lines if ln.startswith("CapEff:")), "0")
-    return bool(int(effective, 16) >> CAPABILITY_NAMES.index(capability) & 1)
+        return 0
+    return int(next((ln.split()[1] for ln in lines if ln.startswith(f"{line}:")), "0"), 16)
 
 
 def normalize(name: str, field: str) -> str:
@@ -105,10 +120,12 @@ def normalize(name: str, field: str) -> str:
 
 
 def container_capabilities(
-    security: ContainerSecurity, cap_last_cap: Path = CAP_LAST_CAP
+    security: ContainerSecurity,
+    cap_last_cap: Path = CAP_LAST_CAP,
+    status: Path = Path("/proc/self/status"),
 ) -> list[str]:
     """The effective (= bounding = permitted) set of a container's process."""
-    everything = kernel_capabilities(cap_last_cap)
+    everything = grantable_capabilities(cap_last_cap, status)
     if security.privileged:
         return everything
     field = "config.linux.security_context.capabilities"
@@ -121,6 +138,12 @@ def container_capabilities(
     if "ALL" in dropped:
         caps = []
     for cap in added:
-        if cap != "ALL" and cap not in caps:
-            caps.append(cap)
+        if cap == "ALL" or cap in caps:
+            continue
+        if cap not in everything:
+            raise FailedPrecondition(
+                f"{field}.add_capabilities: {cap} cannot be granted on this node "
+                "(the agent does not hold it itself)"
+            )
+        caps.append(cap)
     return [c for c in caps if c not in dropped]

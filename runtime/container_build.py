@@ -26,7 +26,7 @@ from runtime.container_setup import (
     write_spec,
 )
 from runtime.container_store import ContainerStore
-from runtime.errors import InvalidArgument, NotFound
+from runtime.errors import FailedPrecondition, InvalidArgument, NotFound
 from runtime.image_user import resolve_user
 from runtime.model import Sandbox
 from runtime.oci_spec import SpecInputs, build_spec, prepare_mount_sources
@@ -115,6 +115,7 @@ class ContainerBuilder:
 
 
 def validate(config: ContainerConfig) -> None:
+    _check_mac(config)
     if not config.name:
         raise InvalidArgument("config.metadata.name is empty")
     if not config.image:
@@ -125,6 +126,31 @@ def validate(config: ContainerConfig) -> None:
             raise InvalidArgument(
                 f"config.log_path {config.log_path!r} must stay inside the pod's log directory"
             )
+
+
+def _check_mac(config: ContainerConfig) -> None:
+    """AppArmor and SELinux requests this host cannot honour fail rather than run weaker."""
+    security = config.security
+    profile = security.apparmor_profile
+    if profile not in ("", "unconfined") and not _apparmor_enabled():
+        raise FailedPrecondition(
+            f"AppArmor profile {profile!r} asked for, but AppArmor is not enabled on this host"
+        )
+    if profile not in ("", "unconfined"):
+        raise FailedPrecondition(f"AppArmor profile {profile!r}: Moorage does not apply them yet")
+    if security.selinux_labelled and _selinux_enabled():
+        raise FailedPrecondition("SELinux options asked for: Moorage does not label containers")
+
+
+def _apparmor_enabled() -> bool:
+    try:
+        return Path("/sys/module/apparmor/parameters/enabled").read_text().strip() == "Y"
+    except OSError:
+        return False
+
+
+def _selinux_enabled() -> bool:
+    return Path("/sys/fs/selinux/enforce").exists()
 
 
 def log_path(sandbox: Sandbox, config: ContainerConfig) -> str:

@@ -85,6 +85,12 @@ class ContainerSecurity:
     masked_paths: list[str] = field(default_factory=list)
     readonly_paths: list[str] = field(default_factory=list)
     namespaces: NamespaceOptions = field(default_factory=NamespaceOptions)
+    # SupplementalGroupsPolicy Strict: only the request's groups, not the image's /etc/group.
+    strict_supplemental_groups: bool = False
+    # "" (not asked), "unconfined", "runtime/default" or "localhost/<profile>".
+    apparmor_profile: str = ""
+    # Whether the request carried SELinux options (accepted only on hosts without SELinux).
+    selinux_labelled: bool = False
 
 
 @dataclass(frozen=True)

@@ -89,7 +89,9 @@ def resolve_user(rootfs: Path, security: ContainerSecurity, image_user: str) -> 
     if security.run_as_group is not None:
         gid = security.run_as_group
     username = entry.name if entry else ""
-    member_of = [g.gid for g in groups if username and username in g.members]
+    member_of = []
+    if not security.strict_supplemental_groups:
+        member_of = [g.gid for g in groups if username and username in g.members]
     return ProcessUser(
         uid=uid,
         gid=gid,

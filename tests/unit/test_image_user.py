@@ -145,6 +145,14 @@ def test_supplemental_groups_follow_member_groups_without_duplicates_or_the_prim
     assert resolve_user(rootfs, security, "").additional_gids == [10, 29, 7]
 
 
+def test_strict_supplemental_groups_leave_out_the_images_memberships(rootfs: Path) -> None:
+    security = ContainerSecurity(
+        run_as_username="app", supplemental_groups=[29, 7], strict_supplemental_groups=True
+    )
+
+    assert resolve_user(rootfs, security, "").additional_gids == [29, 7]
+
+
 def test_empty_home_in_passwd_means_slash(rootfs: Path) -> None:
     assert resolve_user(rootfs, ContainerSecurity(run_as_user=1001), "").home == "/"
 

@@ -8,7 +8,12 @@ from typing import Any
 
 import pytest
 
-from runtime.capabilities import DEFAULT_CAPABILITIES, agent_has, kernel_capabilities
+from runtime.capabilities import (
+    DEFAULT_CAPABILITIES,
+    agent_has,
+    container_capabilities,
+    grantable_capabilities,
+)
 from runtime.container_model import (
     ContainerConfig,
     ContainerSecurity,
@@ -230,7 +235,7 @@ def test_add_all_then_drop_one_leaves_every_other_capability() -> None:
 
     effective = spec(config)["process"]["capabilities"]["effective"]
 
-    assert set(effective) == set(kernel_capabilities()) - {"CAP_SYS_ADMIN"}
+    assert set(effective) == set(grantable_capabilities()) - {"CAP_SYS_ADMIN"}
 
 
 def test_unknown_capability_is_rejected_naming_the_field() -> None:
@@ -238,12 +243,10 @@ def test_unknown_capability_is_rejected_naming_the_field() -> None:
         spec(with_security(capabilities_add=["FLY"]))
 
 
-def test_privileged_gets_every_kernel_capability_and_no_confinement() -> None:
-    last = int(Path("/proc/sys/kernel/cap_last_cap").read_text())
-
+def test_privileged_gets_every_grantable_capability_and_no_confinement() -> None:
     result = spec(with_security(privileged=True), seccomp_profile=PROFILE)
 
-    assert len(result["process"]["capabilities"]["bounding"]) == last + 1
+    assert result["process"]["capabilities"]["bounding"] == grantable_capabilities()
     linux = result["linux"]
     assert "maskedPaths" not in linux
     assert "readonlyPaths" not in linux
@@ -548,3 +551,25 @@ def test_missing_mount_sources_are_created_as_directories(tmp_path: Path) -> Non
 
     assert (tmp_path / "new" / "deep").is_dir()
     assert existing.read_text() == "x"
+
+
+def test_grantable_capabilities_stay_within_the_agents_bounding_set(tmp_path: Path) -> None:
+    status = tmp_path / "status"
+    # Bits 0-40 except 24 (CAP_SYS_RESOURCE), as on the development VM.
+    status.write_text("Name:\tx\nCapBnd:\t000001fffeffffff\n")
+    last = tmp_path / "cap_last_cap"
+    last.write_text("40\n")
+
+    granted = grantable_capabilities(last, status)
+
+    assert "CAP_SYS_RESOURCE" not in granted
+    assert len(granted) == 40
+
+
+def test_adding_a_capability_the_agent_lacks_is_a_clear_error(tmp_path: Path) -> None:
+    status = tmp_path / "status"
+    status.write_text("CapBnd:\t000001fffeffffff\n")
+    security = ContainerSecurity(capabilities_add=["SYS_RESOURCE"])
+
+    with pytest.raises(FailedPrecondition, match="CAP_SYS_RESOURCE cannot be granted"):
+        container_capabilities(security, status=status)
