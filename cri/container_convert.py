@@ -90,9 +90,14 @@ def _mount(index: int, mount: Any) -> Mount:
     field = f"config.mounts[{index}]"
     if not mount.container_path.startswith("/"):
         raise InvalidArgument(f"{field}.container_path {mount.container_path!r} is not absolute")
+    propagation = enum_value(_PROPAGATION, mount.propagation, f"{field}.propagation")
+    image = mount.image.image if mount.HasField("image") else ""
+    if image:
+        if not mount.readonly:
+            raise InvalidArgument(f"{field}: an image volume must be readonly")
+        return Mount(mount.container_path, "", True, propagation, image, mount.image_sub_path)
     if not mount.host_path.startswith("/"):
         raise InvalidArgument(f"{field}.host_path {mount.host_path!r} is not absolute")
-    propagation = enum_value(_PROPAGATION, mount.propagation, f"{field}.propagation")
     return Mount(mount.container_path, mount.host_path, mount.readonly, propagation)
 
 
@@ -226,6 +231,10 @@ def container_status_to_proto(container: Container) -> Any:
                 host_path=m.host_path,
                 readonly=m.readonly,
                 propagation=_PROPAGATION_TO_PB[m.propagation],
+                image=pb.ImageSpec(image=container.volume_images.get(m.container_path, ""))
+                if m.image
+                else None,
+                image_sub_path=m.image_sub_path,
             )
             for m in container.config.mounts
         ],

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -23,11 +23,13 @@ from runtime.container_setup import (
     container_cgroup_path,
     mount_rootfs,
     remove_files,
+    volumes_dir,
     write_spec,
 )
 from runtime.container_store import ContainerStore
 from runtime.errors import FailedPrecondition, InvalidArgument, NotFound
 from runtime.image_user import resolve_user
+from runtime.images.overlay import mount_overlay
 from runtime.model import Sandbox
 from runtime.oci_spec import SpecInputs, build_spec, prepare_mount_sources
 from runtime.seccomp import load_profile
@@ -50,18 +52,20 @@ class ContainerBuilder:
         self.store = store
         self._seccomp_default: dict[str, Any] | None = None
 
-    def build(
+    def build(  # noqa: PLR0917
         self,
         container: Container,
         sandbox: Sandbox,
         image_config: ImageRuntimeConfig,
         lowers: list[Path],
         filters: SeccompFilters | None,
+        volumes: dict[int, list[Path]],
     ) -> BuiltContainer:
+        """volumes: index in config.mounts of each image volume -> that image's lower dirs."""
         paths = ContainerPaths.of(self.settings, container.id)
         mount_rootfs(paths, lowers)
         try:
-            config = container.config
+            config = _with_volumes(container.config, volumes, volumes_dir(paths))
             user = resolve_user(paths.rootfs, config.security, image_config.user)
             prepare_mount_sources(config)
             if container.log_path:
@@ -112,6 +116,28 @@ class ContainerBuilder:
         if target is None or target.state is not ContainerState.RUNNING:
             raise NotFound(f"target container {target_id!r} of the PID namespace is not running")
         return target.pid
+
+
+def _with_volumes(
+    config: ContainerConfig, volumes: dict[int, list[Path]], directory: Path
+) -> ContainerConfig:
+    """Mount each image volume read-only and point its mount at it (or at its sub path)."""
+    mounts = list(config.mounts)
+    for index, image_lowers in volumes.items():
+        target = directory / str(index)
+        target.mkdir(parents=True)
+        mount_overlay(image_lowers, None, None, target)
+        mount = mounts[index]
+        source = target
+        if mount.image_sub_path:
+            source = (target / mount.image_sub_path.lstrip("/")).resolve()
+            if not source.is_relative_to(target.resolve()) or not source.exists():
+                raise InvalidArgument(
+                    f"config.mounts[{index}].image_sub_path {mount.image_sub_path!r} "
+                    f"is not in image {mount.image}"
+                )
+        mounts[index] = replace(mount, host_path=str(source), readonly=True)
+    return replace(config, mounts=mounts)
 
 
 def validate(config: ContainerConfig) -> None:

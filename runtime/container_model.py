@@ -29,6 +29,9 @@ class Mount:
     host_path: str
     readonly: bool = False
     propagation: Propagation = Propagation.PRIVATE
+    # An image volume: this image's rootfs (or image_sub_path in it), read-only; no host_path.
+    image: str = ""
+    image_sub_path: str = ""
 
 
 @dataclass(frozen=True)
@@ -157,6 +160,8 @@ class Container:
     log_path: str = ""
     user: ProcessUser | None = None
     stop_signal: str = ""
+    # Image volumes: container path -> id of the image mounted there.
+    volume_images: dict[str, str] = field(default_factory=dict)
     # The resources in force (CreateContainer's, then each UpdateContainerResources').
     resources: Resources = field(default_factory=Resources)
     pid: int = 0

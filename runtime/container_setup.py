@@ -3,6 +3,7 @@ functions; the teardown is idempotent, as recovery calls it on half-built contai
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -58,7 +59,15 @@ def read_spec(paths: ContainerPaths) -> dict[str, Any]:
     return spec
 
 
+def volumes_dir(paths: ContainerPaths) -> Path:
+    """Where image volumes are mounted before they are bound into the container."""
+    return paths.rootfs.parent / "volumes"
+
+
 def remove_files(paths: ContainerPaths) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        for volume in volumes_dir(paths).iterdir():
+            unmount(volume)
     unmount(paths.rootfs)
     shutil.rmtree(paths.rootfs.parent, ignore_errors=True)
     shutil.rmtree(paths.bundle, ignore_errors=True)

@@ -114,7 +114,7 @@ class ContainerManager:
         return self.store.select(flt)
 
     def image_ids_in_use(self) -> set[str]:
-        return {c.image_id for c in self.store.all()}
+        return {i for c in self.store.all() for i in (c.image_id, *c.volume_images.values())}
 
     # -- mutations ----------------------------------------------------------------------
 
@@ -157,6 +157,16 @@ class ContainerManager:
         image = self.images.find(config.image)
         if image is None:
             raise NotFound(f"image {config.image!r} not found: pull it first")
+        volume_images = {}
+        volumes: dict[int, list[Path]] = {}
+        for index, mount in enumerate(config.mounts):
+            if not mount.image:
+                continue
+            volume = self.images.find(mount.image)
+            if volume is None:
+                raise NotFound(f"image {mount.image!r} of config.mounts[{index}] not found")
+            volume_images[mount.container_path] = volume.id
+            volumes[index] = self.images.lower_dirs(volume)
         runtime = self.runtimes[sandbox.runtime_handler]
         container_id = secrets.token_hex(32)
         paths = ContainerPaths.of(self.settings, container_id)
@@ -174,6 +184,7 @@ class ContainerManager:
             bundle=str(paths.bundle),
             log_path=log_path,
             stop_signal=config.stop_signal or image_config.stop_signal,
+            volume_images=volume_images,
             resources=config.resources,
         )
         self.store.reserve(container, reserved_name(container, sandbox.name))
@@ -183,7 +194,7 @@ class ContainerManager:
         try:
             filters = self._filters.get(sandbox.runtime_handler)
             built = await asyncio.to_thread(
-                self.builder.build, container, sandbox, image_config, lowers, filters
+                self.builder.build, container, sandbox, image_config, lowers, filters, volumes
             )
             files_done = time.perf_counter()
             process = await create_container(
