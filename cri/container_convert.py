@@ -21,7 +21,7 @@ from runtime.container_model import (
     Seccomp,
     SeccompKind,
 )
-from runtime.errors import InvalidArgument
+from runtime.errors import FailedPrecondition, InvalidArgument
 from runtime.model import NamespaceOptions
 
 _PROPAGATION = {
@@ -91,6 +91,16 @@ def _mount(index: int, mount: Any) -> Mount:
     if not mount.container_path.startswith("/"):
         raise InvalidArgument(f"{field}.container_path {mount.container_path!r} is not absolute")
     propagation = enum_value(_PROPAGATION, mount.propagation, f"{field}.propagation")
+    if mount.recursive_read_only:
+        # The CRI's rules first, so a malformed request says what is wrong with it.
+        if not mount.readonly or propagation is not Propagation.PRIVATE:
+            raise InvalidArgument(
+                f"{field}.recursive_read_only needs readonly and PROPAGATION_PRIVATE"
+            )
+        raise FailedPrecondition(
+            f"{field}.recursive_read_only: not supported by this runtime "
+            "(RuntimeStatus does not advertise recursive_read_only_mounts)"
+        )
     image = mount.image.image if mount.HasField("image") else ""
     if image:
         if not mount.readonly:

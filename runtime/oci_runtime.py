@@ -177,16 +177,20 @@ def _logrus_message(line: str) -> str:
 
 def _wrapper_script(binary: Path, hide_mount: Path) -> str:
     unshare = shlex.quote(shutil.which("unshare") or "/usr/bin/unshare")
+    mount = shlex.quote(shutil.which("mount") or "/usr/bin/mount")
     umount = shlex.quote(shutil.which("umount") or "/usr/bin/umount")
     hidden, real = shlex.quote(str(hide_mount)), shlex.quote(str(binary))
     return f"""#!/bin/sh
-# Written by moorage: conmon calls this as its runtime. `create` runs in a private mount
-# namespace without {hide_mount} (crun refuses hybrid cgroup hosts); the rest runs as is.
+# Written by moorage: conmon calls this as its runtime. `create` runs in a mount namespace of
+# its own without {hide_mount} (crun refuses hybrid cgroup hosts); the rest runs as is. The
+# other mounts keep their propagation, so a container's shared or slave bind mounts still
+# reach the host's; only the hidden one is made private first, so its unmount stays here.
 for arg in "$@"; do
     case "$arg" in
         -*) ;;
-        create) exec {unshare} --mount --propagation private -- \\
-            /bin/sh -c '"$0" "$1" && shift && exec "$@"' {umount} {hidden} {real} "$@" ;;
+        create) exec {unshare} --mount --propagation unchanged -- \\
+            /bin/sh -c '"$0" --make-private "$2" && "$1" "$2" && shift 2 && exec "$@"' \\
+            {mount} {umount} {hidden} {real} "$@" ;;
         *) break ;;
     esac
 done

@@ -109,18 +109,52 @@ def rootfs_propagation(config: ContainerConfig) -> str:
 
 
 def prepare_mount_sources(config: ContainerConfig) -> None:
-    """Create missing host paths as directories, as kubelet's hostPath volumes expect."""
+    """Create missing host paths as directories, as kubelet's hostPath volumes expect, and
+    check that propagating mounts sit on mounts that propagate."""
     for index, mount in enumerate(config.mounts):
         _check_paths(index, mount)
-        if os.path.exists(mount.host_path):
-            continue
-        try:
-            os.makedirs(mount.host_path, mode=0o755, exist_ok=True)
-        except OSError as exc:
-            raise InvalidArgument(
-                f"config.mounts[{index}].host_path {mount.host_path!r} cannot be created: "
-                f"{exc.strerror}"
-            ) from None
+        if not os.path.exists(mount.host_path):
+            try:
+                os.makedirs(mount.host_path, mode=0o755, exist_ok=True)
+            except OSError as exc:
+                raise InvalidArgument(
+                    f"config.mounts[{index}].host_path {mount.host_path!r} cannot be created: "
+                    f"{exc.strerror}"
+                ) from None
+        if mount.propagation is not Propagation.PRIVATE:
+            _check_propagation(index, mount)
+
+
+def _check_propagation(index: int, mount: Mount) -> None:
+    """As containerd: bidirectional needs a shared mount under the host path, host-to-container
+    a shared or slave one; otherwise nothing would ever propagate."""
+    point, tags = _mount_of(os.path.realpath(mount.host_path))
+    shared = any(t.startswith("shared:") for t in tags)
+    slave = any(t.startswith("master:") for t in tags)
+    if mount.propagation is Propagation.BIDIRECTIONAL and not shared:
+        raise InvalidArgument(
+            f"config.mounts[{index}]: host path {mount.host_path!r} is on mount {point!r}, "
+            "which is not shared, so BIDIRECTIONAL propagation cannot work"
+        )
+    if mount.propagation is Propagation.HOST_TO_CONTAINER and not (shared or slave):
+        raise InvalidArgument(
+            f"config.mounts[{index}]: host path {mount.host_path!r} is on mount {point!r}, "
+            "which is neither shared nor slave, so HOST_TO_CONTAINER propagation cannot work"
+        )
+
+
+def _mount_of(path: str) -> tuple[str, list[str]]:
+    """The mount point holding path, and its optional propagation fields, from mountinfo."""
+    best, tags = "/", []
+    with open("/proc/self/mountinfo") as info:
+        for line in info:
+            fields = line.split(" - ")[0].split()
+            point = fields[4].replace("\\040", " ")
+            inside = path == point or path.startswith(point.rstrip("/") + "/")
+            # The last of equal mount points is the one on top.
+            if inside and len(point) >= len(best):
+                best, tags = point, fields[6:]
+    return best, tags
 
 
 def _check_paths(index: int, mount: Mount) -> None:

@@ -1,0 +1,146 @@
+"""Bind mount propagation and recursive read-only requests: mounts made on one side appear on
+the other as the request says, and requests that cannot work fail clearly."""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from cri_api.v1 import api_pb2 as pb
+
+from tests.e2e.agent import Agent
+from tests.e2e.containers import Pod, container_config, exec_sync, pulled
+from tests.e2e.kernel import mount_at, wait_until
+from tests.e2e.pods import assert_rpc_error
+from tests.registry_fixture import LocalRegistry
+
+
+@pytest.fixture
+def image(agent: Agent, registry: LocalRegistry) -> str:
+    return pulled(agent, registry)
+
+
+@pytest.fixture
+def shared_dir(tmp_path: Path) -> Iterator[Path]:
+    """A directory that is a shared mount of its own (the host's / here is private)."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    subprocess.run(["mount", "--bind", str(shared), str(shared)], check=True)
+    subprocess.run(["mount", "--make-shared", str(shared)], check=True)
+    try:
+        yield shared
+    finally:
+        subprocess.run(["umount", "-R", "-l", str(shared)], check=False)
+
+
+def with_mount(image: str, host: Path, propagation: Any, **security: Any) -> Any:
+    config = container_config(
+        image,
+        ["sleep", "60"],
+        linux=pb.LinuxContainerConfig(
+            security_context=pb.LinuxContainerSecurityContext(**security)
+        ),
+    )
+    config.mounts.append(
+        pb.Mount(container_path="/vol", host_path=str(host), propagation=propagation)
+    )
+    return config
+
+
+def test_host_to_container_shows_mounts_made_later_on_the_host(
+    agent: Agent, image: str, shared_dir: Path
+) -> None:
+    pod = Pod(agent)
+    container_id = pod.run(with_mount(image, shared_dir, pb.PROPAGATION_HOST_TO_CONTAINER))
+    later = shared_dir / "later"
+    later.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "tmpfs", str(later)], check=True)
+    (later / "seen").write_text("from the host")
+
+    assert wait_until(
+        lambda: (
+            b"from the host" in exec_sync(agent, container_id, ["cat", "/vol/later/seen"]).stdout
+        )
+    )
+
+
+def test_bidirectional_shows_mounts_made_in_the_container_on_the_host(
+    agent: Agent, image: str, shared_dir: Path
+) -> None:
+    pod = Pod(agent)
+    (shared_dir / "inner").mkdir()
+    config = with_mount(image, shared_dir, pb.PROPAGATION_BIDIRECTIONAL, privileged=True)
+    container_id = pod.run(config)
+
+    made = exec_sync(agent, container_id, ["sh", "-c", "mount -t tmpfs none /vol/inner"])
+
+    assert made.exit_code == 0, made.stderr
+    assert wait_until(lambda: mount_at(str(shared_dir / "inner")) is not None)
+
+
+@pytest.mark.parametrize(
+    "propagation", [pb.PROPAGATION_HOST_TO_CONTAINER, pb.PROPAGATION_BIDIRECTIONAL]
+)
+def test_propagation_from_a_private_mount_is_refused(
+    agent: Agent, image: str, tmp_path: Path, propagation: Any
+) -> None:
+    pod = Pod(agent)
+    private = tmp_path / "private"
+    private.mkdir()
+    subprocess.run(["mount", "--bind", str(private), str(private)], check=True)
+    subprocess.run(["mount", "--make-private", str(private)], check=True)
+    try:
+        assert_rpc_error(
+            lambda: pod.create(with_mount(image, private, propagation)),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "propagation",
+        )
+    finally:
+        subprocess.run(["umount", "-l", str(private)], check=False)
+
+
+def test_a_symlinked_host_path_is_resolved_on_the_host(
+    agent: Agent, image: str, tmp_path: Path
+) -> None:
+    target = tmp_path / "real"
+    target.mkdir()
+    (target / "file").write_text("through the link")
+    link = tmp_path / "link"
+    link.symlink_to(target)
+    pod = Pod(agent)
+
+    container_id = pod.run(with_mount(image, link, pb.PROPAGATION_PRIVATE))
+
+    assert exec_sync(agent, container_id, ["cat", "/vol/file"]).stdout == b"through the link"
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        (False, pb.PROPAGATION_PRIVATE, grpc.StatusCode.INVALID_ARGUMENT),
+        (True, pb.PROPAGATION_HOST_TO_CONTAINER, grpc.StatusCode.INVALID_ARGUMENT),
+        (True, pb.PROPAGATION_PRIVATE, grpc.StatusCode.FAILED_PRECONDITION),
+    ],
+    ids=["writable", "not-private", "unsupported"],
+)
+def test_recursive_read_only_requests_follow_the_cri_rules(
+    agent: Agent, image: str, tmp_path: Path, case: tuple[bool, Any, Any]
+) -> None:
+    readonly, propagation, code = case
+    pod = Pod(agent)
+    config = container_config(image, ["sleep", "60"])
+    config.mounts.append(
+        pb.Mount(
+            container_path="/vol",
+            host_path=str(tmp_path),
+            readonly=readonly,
+            propagation=propagation,
+            recursive_read_only=True,
+        )
+    )
+
+    assert_rpc_error(lambda: pod.create(config), code, "recursive_read_only")
