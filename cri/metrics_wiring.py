@@ -11,12 +11,12 @@ import asyncio
 from collections import Counter
 
 import structlog
-from metrics.cgroup_reader import CgroupReader
-from metrics.net_reader import read_interfaces
 
 from metrics.agent_metrics import StateCollector, record_oom_kill
+from metrics.cgroup_reader import CgroupReader
 from metrics.container_metrics import ContainerCollector, ContainerSample, PodSample
 from metrics.endpoint import MetricsEndpoint, start_endpoint
+from metrics.net_reader import read_interfaces
 from metrics.operations import REGISTRY
 from runtime.agent import Runtime
 from runtime.container_events import EventKind, SubscriberDropped

@@ -14,11 +14,11 @@ from typing import Any
 
 import grpc
 from cri_api.v1 import api_pb2 as pb
-from metrics.cgroup_reader import CgroupReader
 from prometheus_client.metrics_core import Metric
 
 from cri.handlers import Handlers
 from cri.metrics_wiring import MetricsSnapshot
+from metrics.cgroup_reader import CgroupReader
 from metrics.container_metrics import BASE_LABELS, ContainerCollector
 
 

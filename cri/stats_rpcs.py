@@ -8,11 +8,11 @@ from typing import Any
 
 import grpc
 from cri_api.v1 import api_pb2 as pb
-from metrics.cgroup_reader import CgroupReader
 
 from cri.handlers import Handlers
 from cri.stats_convert import container_stats_to_proto, pod_stats_to_proto
 from cri.stats_source import StatsSource
+from metrics.cgroup_reader import CgroupReader
 from runtime.container_model import ContainerFilter
 from runtime.errors import InvalidArgument
 from runtime.model import SandboxFilter

@@ -9,9 +9,8 @@ import time
 from dataclasses import dataclass
 
 from metrics.cgroup_reader import CgroupReader
-from metrics.net_reader import read_interfaces
-
 from metrics.model import CgroupStats, InterfaceStats
+from metrics.net_reader import read_interfaces
 from runtime.agent import Runtime
 from runtime.container_model import Container
 from runtime.container_setup import container_cgroup_path
