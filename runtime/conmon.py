@@ -128,10 +128,10 @@ async def exec_sync(
     runtime_path, runtime_args = runtime.runtime_argv_for_conmon()
     # A directory of its own: conmon creates files in its bundle dir and must not touch
     # the container's (its ctl FIFO, pidfile, exit file).
-    scratch = Path(tempfile.mkdtemp(prefix="exec-", dir=bundle))
+    # The file work runs in threads: a probe's output may be megabytes to parse.
+    scratch = await asyncio.to_thread(_exec_scratch, bundle, process_spec)
     try:
         spec_file = scratch / "process.json"
-        spec_file.write_text(json.dumps(process_spec))
         log_file = scratch / "output.log"
         argv: list[str | Path] = [
             # No --api-version: conmon then reports {"exit_code": N} rather than two
@@ -158,10 +158,17 @@ async def exec_sync(
         timed_out = exit_code == -1 and "timed out" in str(message.get("message", ""))
         if not isinstance(exit_code, int) or (exit_code < 0 and not timed_out):
             raise ConmonError(f"exec in {container_id}: {message.get('message') or message}")
-        stdout, stderr = _parse_k8s_file(log_file, output_cap)
+        stdout, stderr = await asyncio.to_thread(_parse_k8s_file, log_file, output_cap)
         return ExecResult(exit_code, stdout, stderr, timed_out)
     finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+        await asyncio.to_thread(shutil.rmtree, scratch, ignore_errors=True)
+
+
+def _exec_scratch(bundle: Path, process_spec: dict[str, Any]) -> Path:
+    """A directory of the exec's own, holding its process spec."""
+    scratch = Path(tempfile.mkdtemp(prefix="exec-", dir=bundle))
+    (scratch / "process.json").write_text(json.dumps(process_spec))
+    return scratch
 
 
 def reopen_log(bundle: Path) -> None:
