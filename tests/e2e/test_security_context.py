@@ -349,7 +349,8 @@ def namespaced(image: str, command: list[str], **modes: Any) -> Any:
 
 def process_commands(agent: Agent, container_id: str) -> dict[int, str]:
     """pid -> command line of every process the container can see in its /proc."""
-    script = "for d in /proc/[0-9]*; do echo \"${d#/proc/} $(tr '\\0' ' ' < $d/cmdline)\"; done"
+    # Host processes may carry newlines in their arguments: fold them so one line is one pid.
+    script = "for d in /proc/[0-9]*; do echo \"${d#/proc/} $(tr '\\0\\n' '  ' < $d/cmdline)\"; done"
     listing = output(agent, container_id, ["sh", "-c", script])
     commands = {}
     for line in listing.splitlines():
