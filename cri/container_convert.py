@@ -21,7 +21,7 @@ from runtime.container_model import (
     Seccomp,
     SeccompKind,
 )
-from runtime.errors import FailedPrecondition, InvalidArgument
+from runtime.errors import InvalidArgument
 from runtime.model import NamespaceOptions
 
 _PROPAGATION = {
@@ -91,16 +91,8 @@ def _mount(index: int, mount: Any) -> Mount:
     if not mount.container_path.startswith("/"):
         raise InvalidArgument(f"{field}.container_path {mount.container_path!r} is not absolute")
     propagation = enum_value(_PROPAGATION, mount.propagation, f"{field}.propagation")
-    if mount.recursive_read_only:
-        # The CRI's rules first, so a malformed request says what is wrong with it.
-        if not mount.readonly or propagation is not Propagation.PRIVATE:
-            raise InvalidArgument(
-                f"{field}.recursive_read_only needs readonly and PROPAGATION_PRIVATE"
-            )
-        raise FailedPrecondition(
-            f"{field}.recursive_read_only: not supported by this runtime "
-            "(RuntimeStatus does not advertise recursive_read_only_mounts)"
-        )
+    if mount.recursive_read_only and (not mount.readonly or propagation is not Propagation.PRIVATE):
+        raise InvalidArgument(f"{field}.recursive_read_only needs readonly and PROPAGATION_PRIVATE")
     image = mount.image.image if mount.HasField("image") else ""
     if image:
         if not mount.readonly:
@@ -108,7 +100,13 @@ def _mount(index: int, mount: Any) -> Mount:
         return Mount(mount.container_path, "", True, propagation, image, mount.image_sub_path)
     if not mount.host_path.startswith("/"):
         raise InvalidArgument(f"{field}.host_path {mount.host_path!r} is not absolute")
-    return Mount(mount.container_path, mount.host_path, mount.readonly, propagation)
+    return Mount(
+        mount.container_path,
+        mount.host_path,
+        mount.readonly,
+        propagation,
+        recursive_read_only=mount.recursive_read_only,
+    )
 
 
 def resources_from_proto(r: Any) -> Resources:

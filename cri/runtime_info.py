@@ -49,12 +49,14 @@ class RuntimeInfoRpcs(Handlers):
             _condition("RuntimeReady", runtime.runtime_readiness()),
             _condition("NetworkReady", runtime.network_readiness()),
         ]
+        # Recursive read-only binds are staged on the host, so every handler has them.
+        features = pb.RuntimeHandlerFeatures(recursive_read_only_mounts=True)
         handlers = [
-            pb.RuntimeHandler(name=name, features=pb.RuntimeHandlerFeatures())
+            pb.RuntimeHandler(name=name, features=features)
             for name in sorted(runtime.settings.handlers)
         ]
         # kubelet looks the default handler up under the empty name.
-        handlers.insert(0, pb.RuntimeHandler(name="", features=pb.RuntimeHandlerFeatures()))
+        handlers.insert(0, pb.RuntimeHandler(name="", features=features))
         info = {}
         if request.verbose:
             info["config"] = json.dumps(config_as_dict(self.config), sort_keys=True)

@@ -29,7 +29,7 @@ from runtime.container_setup import (
 from runtime.container_store import ContainerStore
 from runtime.errors import FailedPrecondition, InvalidArgument, NotFound
 from runtime.image_user import resolve_user
-from runtime.images.overlay import mount_overlay
+from runtime.images.overlay import bind_recursive_read_only, mount_overlay
 from runtime.model import Sandbox
 from runtime.oci_spec import SpecInputs, build_spec, prepare_mount_sources
 from runtime.seccomp import load_profile
@@ -68,6 +68,7 @@ class ContainerBuilder:
             config = _with_volumes(container.config, volumes, volumes_dir(paths))
             user = resolve_user(paths.rootfs, config.security, image_config.user)
             prepare_mount_sources(config)
+            config = _with_recursive_read_only(config, volumes_dir(paths))
             if container.log_path:
                 Path(container.log_path).parent.mkdir(parents=True, exist_ok=True)
             spec = build_spec(
@@ -137,6 +138,25 @@ def _with_volumes(
                     f"is not in image {mount.image}"
                 )
         mounts[index] = replace(mount, host_path=str(source), readonly=True)
+    return replace(config, mounts=mounts)
+
+
+def _with_recursive_read_only(config: ContainerConfig, directory: Path) -> ContainerConfig:
+    """Stage each recursively read-only host mount as a read-only copy of its whole tree; the
+    runtime's bind of that copy keeps every submount read-only."""
+    mounts = list(config.mounts)
+    for index, mount in enumerate(mounts):
+        if not mount.recursive_read_only or mount.image:
+            continue
+        target = directory / f"rro-{index}"
+        directory.mkdir(parents=True, exist_ok=True)
+        # A bind's target must be of the source's kind: a directory or a file.
+        if os.path.isdir(mount.host_path):
+            target.mkdir()
+        else:
+            target.touch()
+        bind_recursive_read_only(Path(mount.host_path), target)
+        mounts[index] = replace(mount, host_path=str(target))
     return replace(config, mounts=mounts)
 
 

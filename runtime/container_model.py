@@ -32,6 +32,8 @@ class Mount:
     # An image volume: this image's rootfs (or image_sub_path in it), read-only; no host_path.
     image: str = ""
     image_sub_path: str = ""
+    # Read-only all the way down: submounts of host_path too (needs readonly and PRIVATE).
+    recursive_read_only: bool = False
 
 
 @dataclass(frozen=True)

@@ -60,14 +60,15 @@ def read_spec(paths: ContainerPaths) -> dict[str, Any]:
 
 
 def volumes_dir(paths: ContainerPaths) -> Path:
-    """Where image volumes are mounted before they are bound into the container."""
+    """Where image volumes and recursively read-only binds are mounted before they are bound
+    into the container."""
     return paths.rootfs.parent / "volumes"
 
 
 def remove_files(paths: ContainerPaths) -> None:
     with contextlib.suppress(FileNotFoundError):
         for volume in volumes_dir(paths).iterdir():
-            unmount(volume)
+            unmount(volume, detach=True)
     unmount(paths.rootfs)
     shutil.rmtree(paths.rootfs.parent, ignore_errors=True)
     shutil.rmtree(paths.bundle, ignore_errors=True)

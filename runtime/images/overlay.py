@@ -31,6 +31,8 @@ _FSCONFIG_CMD_CREATE = 6
 _MOUNT_ATTR_RDONLY = 0x1
 _MOVE_MOUNT_F_EMPTY_PATH = 0x4
 _OPEN_TREE_CLONE = 0x1
+_AT_RECURSIVE = 0x8000
+_MS_PRIVATE = 1 << 18
 _AT_FDCWD = -100
 _AT_EMPTY_PATH = 0x1000
 _MAX_VALUE = 255  # fsconfig copies at most 256 bytes, the NUL included
@@ -72,10 +74,13 @@ def mount_overlay(
         os.close(mount)
 
 
-def unmount(target: Path) -> None:
-    """Unmount target; one that is not a mount point (or does not exist) is already done."""
+def unmount(target: Path, *, detach: bool = False) -> None:
+    """Unmount target; one that is not a mount point (or does not exist) is already done.
+
+    detach takes mounts below target along, which a plain unmount refuses (EBUSY).
+    """
     try:
-        linux.umount(str(target))
+        linux.umount(str(target), linux.MNT_DETACH if detach else 0)
     except OSError as exc:
         if exc.errno not in (errno.EINVAL, errno.ENOENT):
             raise
@@ -142,6 +147,35 @@ def _bind_read_only(source: Path, target: Path) -> None:
             clone,
             b"",
             _AT_EMPTY_PATH,
+            ctypes.byref(attr),
+            ctypes.sizeof(attr),
+        )
+        _move_mount(clone, target)
+    finally:
+        os.close(clone)
+
+
+def bind_recursive_read_only(source: Path, target: Path) -> None:
+    """Bind source and every mount below it on target, each read-only and private.
+
+    A later bind of target copies each mount's read-only flag, so a container given target
+    gets the whole tree read-only, which a plain "ro" bind does not do for submounts.
+    """
+    clone = _syscall(
+        f"open_tree {source}",
+        _SYS_OPEN_TREE,
+        _AT_FDCWD,
+        os.fsencode(source),
+        _OPEN_TREE_CLONE | _AT_RECURSIVE | os.O_CLOEXEC,
+    )
+    try:
+        attr = _MountAttr(attr_set=_MOUNT_ATTR_RDONLY, propagation=_MS_PRIVATE)
+        _syscall(
+            f"mount_setattr recursive read-only {source}",
+            _SYS_MOUNT_SETATTR,
+            clone,
+            b"",
+            _AT_EMPTY_PATH | _AT_RECURSIVE,
             ctypes.byref(attr),
             ctypes.sizeof(attr),
         )

@@ -45,12 +45,18 @@ def container_config(
 class Pod:
     """A running pod of one agent with its config, for creating containers in it."""
 
-    def __init__(self, agent: Agent, log_directory: Path | None = None, **pod_fields: Any):
+    def __init__(
+        self,
+        agent: Agent,
+        log_directory: Path | None = None,
+        runtime_handler: str = "",
+        **pod_fields: Any,
+    ):
         self.agent = agent
         self.config = pod_config(**pod_fields)
         if log_directory is not None:
             self.config.log_directory = str(log_directory)
-        self.id = agent.run_pod(self.config)
+        self.id = agent.run_pod(self.config, runtime_handler=runtime_handler)
 
     def create(self, config: Any) -> str:
         response = self.agent.runtime.CreateContainer(

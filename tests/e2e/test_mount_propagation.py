@@ -123,9 +123,8 @@ def test_a_symlinked_host_path_is_resolved_on_the_host(
     [
         (False, pb.PROPAGATION_PRIVATE, grpc.StatusCode.INVALID_ARGUMENT),
         (True, pb.PROPAGATION_HOST_TO_CONTAINER, grpc.StatusCode.INVALID_ARGUMENT),
-        (True, pb.PROPAGATION_PRIVATE, grpc.StatusCode.FAILED_PRECONDITION),
     ],
-    ids=["writable", "not-private", "unsupported"],
+    ids=["writable", "not-private"],
 )
 def test_recursive_read_only_requests_follow_the_cri_rules(
     agent: Agent, image: str, tmp_path: Path, case: tuple[bool, Any, Any]
@@ -144,3 +143,77 @@ def test_recursive_read_only_requests_follow_the_cri_rules(
     )
 
     assert_rpc_error(lambda: pod.create(config), code, "recursive_read_only")
+
+
+@pytest.fixture
+def tree_with_submount(tmp_path: Path) -> Iterator[Path]:
+    """A host directory with a writable tmpfs mounted inside it."""
+    tree = tmp_path / "tree"
+    (tree / "sub").mkdir(parents=True)
+    subprocess.run(["mount", "-t", "tmpfs", "tmpfs", str(tree / "sub")], check=True)
+    try:
+        yield tree
+    finally:
+        subprocess.run(["umount", "-R", "-l", str(tree / "sub")], check=False)
+
+
+def read_only_mount(image: str, host: Path, *, recursive: bool) -> Any:
+    config = container_config(image, ["sleep", "60"])
+    config.mounts.append(
+        pb.Mount(
+            container_path="/vol",
+            host_path=str(host),
+            readonly=True,
+            propagation=pb.PROPAGATION_PRIVATE,
+            recursive_read_only=recursive,
+        )
+    )
+    return config
+
+
+def touch(agent: Agent, container_id: str, path: str) -> Any:
+    return exec_sync(agent, container_id, ["sh", "-c", f": > {path}"])
+
+
+@pytest.mark.parametrize("handler", ["crun", "runc"])
+def test_a_recursive_read_only_mount_makes_submounts_read_only(
+    agent: Agent, image: str, tree_with_submount: Path, handler: str
+) -> None:
+    pod = Pod(agent, runtime_handler=handler)
+
+    container_id = pod.run(read_only_mount(image, tree_with_submount, recursive=True))
+
+    written = touch(agent, container_id, "/vol/sub/file")
+    assert written.exit_code != 0
+    assert b"Read-only file system" in written.stderr
+    assert touch(agent, container_id, "/vol/file").exit_code != 0
+    assert not (tree_with_submount / "sub" / "file").exists()
+
+
+def test_a_plain_read_only_mount_leaves_submounts_writable(
+    agent: Agent, image: str, tree_with_submount: Path
+) -> None:
+    pod = Pod(agent)
+
+    container_id = pod.run(read_only_mount(image, tree_with_submount, recursive=False))
+
+    assert touch(agent, container_id, "/vol/sub/file").exit_code == 0
+    assert (tree_with_submount / "sub" / "file").exists()
+
+
+def test_removing_a_recursive_read_only_container_leaves_the_host_tree_alone(
+    agent: Agent, image: str, tree_with_submount: Path
+) -> None:
+    (tree_with_submount / "sub" / "kept").write_text("still here")
+    pod = Pod(agent)
+    container_id = pod.run(read_only_mount(image, tree_with_submount, recursive=True))
+
+    agent.runtime.RemoveContainer(pb.RemoveContainerRequest(container_id=container_id))
+
+    assert (tree_with_submount / "sub" / "kept").read_text() == "still here"
+    staged = [
+        line
+        for line in Path("/proc/self/mountinfo").read_text().splitlines()
+        if container_id in line
+    ]
+    assert staged == []

@@ -171,6 +171,13 @@ def test_status_lists_the_configured_runtime_handlers(agent: Agent) -> None:
     assert {"crun", "runc"} <= {handler.name for handler in handlers}
 
 
+def test_every_handler_advertises_recursive_read_only_mounts(agent: Agent) -> None:
+    handlers = agent.runtime.Status(pb.StatusRequest()).runtime_handlers
+
+    assert "" in {handler.name for handler in handlers}
+    assert all(handler.features.recursive_read_only_mounts for handler in handlers)
+
+
 def test_the_socket_is_a_unix_socket_of_mode_0660(agent: Agent) -> None:
     mode = os.stat(agent.socket).st_mode
 
