@@ -7,6 +7,7 @@ from typing import Any
 from cri_api.v1 import api_pb2 as pb
 
 from cri.convert import MODES, enum_value, sandbox_status_to_proto
+from cri.userns_convert import mount_mappings, user_namespace
 from runtime.container_events import ContainerEvent, EventKind
 from runtime.container_model import (
     Container,
@@ -106,6 +107,7 @@ def _mount(index: int, mount: Any) -> Mount:
         mount.readonly,
         propagation,
         recursive_read_only=mount.recursive_read_only,
+        idmap=mount_mappings(mount, field),
     )
 
 
@@ -176,6 +178,11 @@ def _security(sc: Any) -> ContainerSecurity:
             pid=enum_value(MODES, ns.pid, f"{field}.namespace_options.pid"),
             ipc=enum_value(MODES, ns.ipc, f"{field}.namespace_options.ipc"),
             target_id=ns.target_id,
+            user=user_namespace(
+                ns.userns_options,
+                ns.HasField("userns_options"),
+                f"{field}.namespace_options.userns_options",
+            ),
         ),
     )
 

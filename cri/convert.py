@@ -8,6 +8,7 @@ from typing import Any
 
 from cri_api.v1 import api_pb2 as pb
 
+from cri.userns_convert import user_namespace
 from runtime.errors import InvalidArgument
 from runtime.model import (
     DnsConfig,
@@ -85,6 +86,9 @@ def sandbox_config_from_proto(request: Any) -> SandboxConfig:
             pid=enum_value(MODES, ns.pid, f"{field}.pid"),
             ipc=enum_value(MODES, ns.ipc, f"{field}.ipc"),
             target_id=ns.target_id,
+            user=user_namespace(
+                ns.userns_options, ns.HasField("userns_options"), f"{field}.userns_options"
+            ),
         ),
         privileged=linux.security_context.privileged,
         runtime_handler=request.runtime_handler,

@@ -12,6 +12,7 @@ from cri_api.v1 import api_pb2 as pb
 
 from cri.config import config_as_dict
 from cri.handlers import Handlers
+from runtime import userns
 from runtime.agent import Readiness
 
 RUNTIME_NAME = "moorage"
@@ -49,8 +50,11 @@ class RuntimeInfoRpcs(Handlers):
             _condition("RuntimeReady", runtime.runtime_readiness()),
             _condition("NetworkReady", runtime.network_readiness()),
         ]
-        # Recursive read-only binds are staged on the host, so every handler has them.
-        features = pb.RuntimeHandlerFeatures(recursive_read_only_mounts=True)
+        # Recursive read-only and idmapped binds are staged on the host and the pod's user
+        # namespace made by the agent, so every handler has them.
+        features = pb.RuntimeHandlerFeatures(
+            recursive_read_only_mounts=True, user_namespaces=userns.supported()
+        )
         handlers = [
             pb.RuntimeHandler(name=name, features=features)
             for name in sorted(runtime.settings.handlers)

@@ -50,6 +50,8 @@ METRICS_PORT = free_port()
 @contextlib.contextmanager
 def own_agent() -> Iterator[tuple[Path, int]]:
     base = Path(tempfile.mkdtemp(prefix="mbench-", dir="/tmp"))
+    # As a node's /run: a user-namespaced pod's root must reach its rootfs below.
+    base.chmod(0o711)
     token = uuid.uuid4().hex[:6]
     parent = f"/moorage-bench-{token}"
     bridge, prefix = f"mbench{token}", f"MBENCH{token.upper()}"

@@ -167,6 +167,32 @@ def bench_containers(  # noqa: PLR0917
             runtime.RemoveContainer(pb.RemoveContainerRequest(container_id=cid))
         runtime.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=runc_pod))
 
+        # A pod with a user namespace of its own: the helper process and idmapped layers.
+        mapping = pb.IDMapping(host_id=1_000_000_000, container_id=0, length=65536)
+        for _ in range(n):
+            userns_config = _pod_config()
+            userns_config.linux.security_context.namespace_options.userns_options.CopyFrom(
+                pb.UserNamespace(mode=pb.POD, uids=[mapping], gids=[mapping])
+            )
+            begun = time.perf_counter()
+            userns_pod = runtime.RunPodSandbox(
+                pb.RunPodSandboxRequest(config=userns_config)
+            ).pod_sandbox_id
+            timings.record("RunPodSandbox (user namespace)", begun)
+            config = _container(image, ["sleep", "3600"])
+            config.linux.security_context.namespace_options.CopyFrom(
+                userns_config.linux.security_context.namespace_options
+            )
+            create = pb.CreateContainerRequest(
+                pod_sandbox_id=userns_pod, config=config, sandbox_config=userns_config
+            )
+            begun = time.perf_counter()
+            cid = runtime.CreateContainer(create).container_id
+            runtime.StartContainer(pb.StartContainerRequest(container_id=cid))
+            timings.record("create + start (user namespace)", begun)
+            runtime.StopPodSandbox(pb.StopPodSandboxRequest(pod_sandbox_id=userns_pod))
+            runtime.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=userns_pod))
+
         idle_kb = _rss_kb(agent_pid)
         ids = [first]
         for _ in range(CONTAINERS_FOR_LIST - 1):

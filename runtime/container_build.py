@@ -29,8 +29,8 @@ from runtime.container_setup import (
 from runtime.container_store import ContainerStore
 from runtime.errors import FailedPrecondition, InvalidArgument, NotFound
 from runtime.image_user import resolve_user
-from runtime.images.overlay import bind_recursive_read_only, mount_overlay
-from runtime.model import Sandbox
+from runtime.images.overlay import bind_staged, mount_overlay
+from runtime.model import Sandbox, UserNamespace
 from runtime.oci_spec import SpecInputs, build_spec, prepare_mount_sources
 from runtime.seccomp import load_profile
 from runtime.seccomp_bpf import SeccompFilters
@@ -63,12 +63,14 @@ class ContainerBuilder:
     ) -> BuiltContainer:
         """volumes: index in config.mounts of each image volume -> that image's lower dirs."""
         paths = ContainerPaths.of(self.settings, container.id)
-        mount_rootfs(paths, lowers)
+        userns = user_namespace_of(container.config, sandbox)
+        idmap = Path(sandbox.pins["user"]) if userns is not None else None
+        mount_rootfs(paths, lowers, userns, idmap)
         try:
-            config = _with_volumes(container.config, volumes, volumes_dir(paths))
+            config = _with_volumes(container.config, volumes, volumes_dir(paths), idmap)
             user = resolve_user(paths.rootfs, config.security, image_config.user)
             prepare_mount_sources(config)
-            config = _with_recursive_read_only(config, volumes_dir(paths))
+            config = _with_staged_mounts(config, volumes_dir(paths), idmap)
             if container.log_path:
                 Path(container.log_path).parent.mkdir(parents=True, exist_ok=True)
             spec = build_spec(
@@ -119,15 +121,42 @@ class ContainerBuilder:
         return target.pid
 
 
+def user_namespace_of(config: ContainerConfig, sandbox: Sandbox) -> UserNamespace | None:
+    """The pod's user namespace, which the container must not ask to change; its idmapped
+    mounts must use the same mapping, the only one Moorage can idmap with."""
+    pod = sandbox.config.namespaces.user
+    asked = config.security.namespaces.user
+    if asked is not None and asked != pod:
+        raise InvalidArgument(
+            "config.linux.security_context.namespace_options.userns_options differs from the "
+            f"pod's: a container shares its pod's user namespace ({_describe(pod)})"
+        )
+    for index, mount in enumerate(config.mounts):
+        if mount.idmap is not None and mount.idmap != pod:
+            raise InvalidArgument(
+                f"config.mounts[{index}] uid/gid mappings must be the pod's ({_describe(pod)})"
+            )
+    if pod is not None and "user" not in sandbox.pins:
+        raise FailedPrecondition(f"pod sandbox {sandbox.id} has no user namespace left")
+    return pod
+
+
+def _describe(userns: UserNamespace | None) -> str:
+    if userns is None:
+        return "the node's"
+    uids, gids = userns.uids, userns.gids
+    return f"uids 0->{uids.host_id}+{uids.length}, gids 0->{gids.host_id}+{gids.length}"
+
+
 def _with_volumes(
-    config: ContainerConfig, volumes: dict[int, list[Path]], directory: Path
+    config: ContainerConfig, volumes: dict[int, list[Path]], directory: Path, idmap: Path | None
 ) -> ContainerConfig:
     """Mount each image volume read-only and point its mount at it (or at its sub path)."""
     mounts = list(config.mounts)
     for index, image_lowers in volumes.items():
         target = directory / str(index)
         target.mkdir(parents=True)
-        mount_overlay(image_lowers, None, None, target)
+        mount_overlay(image_lowers, None, None, target, idmap)
         mount = mounts[index]
         source = target
         if mount.image_sub_path:
@@ -141,21 +170,35 @@ def _with_volumes(
     return replace(config, mounts=mounts)
 
 
-def _with_recursive_read_only(config: ContainerConfig, directory: Path) -> ContainerConfig:
-    """Stage each recursively read-only host mount as a read-only copy of its whole tree; the
-    runtime's bind of that copy keeps every submount read-only."""
+def _with_staged_mounts(
+    config: ContainerConfig, directory: Path, idmap: Path | None
+) -> ContainerConfig:
+    """Stage each recursively read-only or idmapped host mount as a copy of its whole tree
+    with those attributes; the runtime's bind of that copy keeps them on every submount."""
     mounts = list(config.mounts)
     for index, mount in enumerate(mounts):
-        if not mount.recursive_read_only or mount.image:
+        idmapped = mount.idmap is not None
+        if mount.image or not (mount.recursive_read_only or idmapped):
             continue
-        target = directory / f"rro-{index}"
+        target = directory / f"staged-{index}"
         directory.mkdir(parents=True, exist_ok=True)
         # A bind's target must be of the source's kind: a directory or a file.
         if os.path.isdir(mount.host_path):
             target.mkdir()
         else:
             target.touch()
-        bind_recursive_read_only(Path(mount.host_path), target)
+        try:
+            bind_staged(
+                Path(mount.host_path),
+                target,
+                recursive_read_only=mount.recursive_read_only,
+                idmap_userns=idmap if idmapped else None,
+            )
+        except OSError as exc:
+            raise FailedPrecondition(
+                f"config.mounts[{index}]: cannot mount {mount.host_path!r} "
+                f"{'idmapped' if idmapped else 'recursively read-only'}: {exc.strerror}"
+            ) from None
         mounts[index] = replace(mount, host_path=str(target))
     return replace(config, mounts=mounts)
 

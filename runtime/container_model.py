@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
-from runtime.model import NamespaceOptions
+from runtime.model import NamespaceOptions, UserNamespace
 
 
 class ContainerState(enum.Enum):
@@ -34,6 +34,8 @@ class Mount:
     image_sub_path: str = ""
     # Read-only all the way down: submounts of host_path too (needs readonly and PRIVATE).
     recursive_read_only: bool = False
+    # Files appear with host ids shifted by this mapping (the pod's): an idmapped mount.
+    idmap: UserNamespace | None = None
 
 
 @dataclass(frozen=True)

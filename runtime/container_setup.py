@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from runtime.images.overlay import mount_overlay, unmount
+from runtime.model import UserNamespace
 from runtime.settings import RuntimeSettings
 
 
@@ -34,17 +35,29 @@ class ContainerPaths:
         )
 
 
-def mount_rootfs(paths: ContainerPaths, lowers: list[Path]) -> None:
-    """The bundle dir and the writable overlay over the image's layers; undone on failure."""
+def mount_rootfs(
+    paths: ContainerPaths,
+    lowers: list[Path],
+    userns: UserNamespace | None = None,
+    idmap: Path | None = None,
+) -> None:
+    """The bundle dir and the writable overlay over the image's layers; undone on failure.
+
+    In a user namespace (userns, pinned at idmap) the layers are idmapped, so root's files
+    are the container root's; the upper dir, whose owner the merged root shows, is owned by
+    the container's root too.
+    """
     with ExitStack() as undo:
         paths.bundle.mkdir(parents=True, mode=0o700)
         undo.callback(shutil.rmtree, paths.bundle, ignore_errors=True)
         # The merged root takes the upper dir's mode: it must not be the bundle's 0700.
         paths.upper.mkdir(mode=0o755)
         paths.work.mkdir(mode=0o700)
+        if userns is not None:
+            os.chown(paths.upper, userns.uids.host_id, userns.gids.host_id)
         paths.rootfs.mkdir(parents=True)
         undo.callback(shutil.rmtree, paths.rootfs.parent, ignore_errors=True)
-        mount_overlay(lowers, paths.upper, paths.work, paths.rootfs)
+        mount_overlay(lowers, paths.upper, paths.work, paths.rootfs, idmap)
         undo.pop_all()
 
 

@@ -55,11 +55,33 @@ class PortMapping:
 
 
 @dataclass(frozen=True)
+class IdMapping:
+    """container_id..container_id+length-1 inside is host_id..host_id+length-1 outside."""
+
+    host_id: int
+    container_id: int
+    length: int
+
+    def as_proc_map(self) -> str:
+        return f"{self.container_id} {self.host_id} {self.length}\n"
+
+
+@dataclass(frozen=True)
+class UserNamespace:
+    """A pod's own user namespace: one uid and one gid range, each mapping container id 0."""
+
+    uids: IdMapping
+    gids: IdMapping
+
+
+@dataclass(frozen=True)
 class NamespaceOptions:
     network: NamespaceMode = NamespaceMode.POD
     pid: NamespaceMode = NamespaceMode.CONTAINER
     ipc: NamespaceMode = NamespaceMode.POD
     target_id: str = ""
+    # None: the node's user namespace.
+    user: UserNamespace | None = None
 
 
 @dataclass(frozen=True)
@@ -94,7 +116,7 @@ class Sandbox:
     created_at_ns: int
     runtime_handler: str
     cgroup_path: str
-    # Namespace kind ("net", "ipc", "uts") -> bind-mount pin; absent for host namespaces.
+    # Namespace kind ("user", "net", "ipc", "uts") -> bind-mount pin; absent for host ones.
     pins: dict[str, str] = field(default_factory=dict)
     shm_path: str = ""
     resolv_conf_path: str = ""

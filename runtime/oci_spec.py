@@ -10,7 +10,7 @@ from typing import Any
 from runtime.capabilities import agent_has, container_capabilities
 from runtime.container_model import ContainerConfig, ImageRuntimeConfig, ProcessUser, Resources
 from runtime.errors import FailedPrecondition, InvalidArgument
-from runtime.model import NamespaceMode, Sandbox
+from runtime.model import IdMapping, NamespaceMode, Sandbox
 from runtime.seccomp import to_oci
 from runtime.spec_mounts import all_mounts, devices, prepare_mount_sources, rootfs_propagation
 
@@ -80,6 +80,10 @@ def build_spec(inputs: SpecInputs) -> dict[str, Any]:
     }
     if propagation := rootfs_propagation(config):
         linux["rootfsPropagation"] = propagation
+    if (userns := inputs.sandbox.config.namespaces.user) is not None:
+        # Joined by path; runc 1.1 still wants the maps to know the host's root ids.
+        linux["uidMappings"] = [_oci_mapping(userns.uids)]
+        linux["gidMappings"] = [_oci_mapping(userns.gids)]
     if not security.privileged:
         linux["maskedPaths"] = list(security.masked_paths or DEFAULT_MASKED_PATHS)
         linux["readonlyPaths"] = list(security.readonly_paths or DEFAULT_READONLY_PATHS)
@@ -169,6 +173,8 @@ def namespaces(inputs: SpecInputs) -> list[dict[str, str]]:
     sandbox = inputs.sandbox
     pod_modes = sandbox.config.namespaces
     result = [{"type": "mount"}]
+    if sandbox.config.namespaces.user is not None:
+        result.append({"type": "user", "path": sandbox.pins["user"]})
     pid = _pid_namespace(inputs)
     if pid is not None:
         result.append(pid)
@@ -187,6 +193,10 @@ def namespaces(inputs: SpecInputs) -> list[dict[str, str]]:
     if inputs.cgroup_v2:
         result.append({"type": "cgroup"})
     return result
+
+
+def _oci_mapping(mapping: IdMapping) -> dict[str, int]:
+    return {"containerID": mapping.container_id, "hostID": mapping.host_id, "size": mapping.length}
 
 
 def _pid_namespace(inputs: SpecInputs) -> dict[str, str] | None:

@@ -19,7 +19,7 @@ from runtime.sandbox_setup import INFRA_MARKER, remove_sandbox, sandbox_paths, s
 from runtime.sandbox_store import SandboxStore
 from runtime.settings import RuntimeSettings
 
-PIN_KINDS = ("net", "ipc", "uts")
+PIN_KINDS = ("user", "net", "ipc", "uts")
 
 
 def reconcile_sandboxes(

@@ -14,7 +14,7 @@ from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
-from network.namespaces import bring_up_loopback, pin_current, unpin, unshared
+from network.namespaces import bring_up_loopback, entered, pin_current, unpin, unshared
 from runtime.cgroups import CgroupLayout
 from runtime.errors import FailedPrecondition, InvalidArgument
 from runtime.model import InfraProcess, NamespaceMode, NamespaceOptions, Sandbox
@@ -23,6 +23,7 @@ from runtime.processes import kill_and_wait, start_ticks
 from runtime.resolv import render_resolv_conf
 from runtime.settings import RuntimeSettings
 from runtime.sysctls import apply_sysctls
+from runtime.userns import InfraRequest, create_owned_namespaces
 
 INFRA_MARKER = "MOORAGE_SANDBOX_ID"
 
@@ -78,24 +79,46 @@ def build_sandbox(
         pins: dict[str, str] = {}
         infra: InfraProcess | None = None
         child: subprocess.Popen[bytes] | None = None
-        with unshared(kinds):
-            if "uts" in kinds and config.hostname:
-                socket.sethostname(config.hostname)
-            if "net" in kinds:
-                bring_up_loopback()
-            apply_sysctls(sysctl_paths, config.sysctls)
-            for kind in kinds:
-                pin = settings.pin_path(kind, sandbox.id)
-                pin_current(kind, pin)
-                undo.callback(unpin, pin)
-                pins[kind] = str(pin)
+        userns = config.namespaces.user
+        if userns is None:
+            with unshared(kinds):
+                _configure_namespaces(sandbox, kinds, sysctl_paths)
+                for kind in kinds:
+                    pin = settings.pin_path(kind, sandbox.id)
+                    pin_current(kind, pin)
+                    undo.callback(unpin, pin)
+                    pins[kind] = str(pin)
+                if config.namespaces.pid is NamespaceMode.POD:
+                    child, infra = _start_infra(settings.infra_command, sandbox.id)
+                    undo.callback(_stop_infra, infra, child)
+        else:
+            pin_paths = {kind: settings.pin_path(kind, sandbox.id) for kind in ["user", *kinds]}
+            request = None
             if config.namespaces.pid is NamespaceMode.POD:
-                child, infra = _start_infra(settings.infra_command, sandbox.id)
-                undo.callback(_stop_infra, infra, child)
+                request = InfraRequest(settings.infra_command, {INFRA_MARKER: sandbox.id})
+            infra_pid = create_owned_namespaces(userns, pin_paths, request)
+            for pin in pin_paths.values():
+                undo.callback(unpin, pin)
+            pins = {kind: str(pin) for kind, pin in pin_paths.items()}
+            if infra_pid is not None:
+                infra = InfraProcess(infra_pid, start_ticks(infra_pid))
+                undo.callback(_stop_infra, infra, None)
+            with entered({kind: pin_paths[kind] for kind in kinds}):
+                _configure_namespaces(sandbox, kinds, sysctl_paths)
         if infra is not None:
             cgroups.add_process(sandbox.cgroup_path, infra.pid)
         undo.pop_all()
     return BuiltSandbox(pins, infra, child)
+
+
+def _configure_namespaces(sandbox: Sandbox, kinds: list[str], sysctl_paths: dict[str, str]) -> None:
+    """Hostname, loopback and sysctls of the pod's namespaces the calling thread is in."""
+    config = sandbox.config
+    if "uts" in kinds and config.hostname:
+        socket.sethostname(config.hostname)
+    if "net" in kinds:
+        bring_up_loopback()
+    apply_sysctls(sysctl_paths, config.sysctls)
 
 
 def _make_log_directory(path: Path) -> None:

@@ -22,7 +22,7 @@ import structlog
 from network.errors import NetworkError
 from network.types import HostPort, PodNetwork, PodNetworkRequest
 from runtime.cgroups import CgroupLayout, pod_cgroup_path
-from runtime.errors import InvalidArgument, NotFound
+from runtime.errors import FailedPrecondition, InvalidArgument, NotFound
 from runtime.model import (
     NamespaceMode,
     Sandbox,
@@ -34,6 +34,7 @@ from runtime.sandbox_setup import build_sandbox, remove_sandbox, sandbox_paths, 
 from runtime.sandbox_store import SandboxStore
 from runtime.settings import RuntimeSettings
 from runtime.sysctls import validate_sysctls
+from runtime.userns import supported as userns_supported
 
 log = structlog.get_logger("moorage.sandbox")
 
@@ -102,6 +103,22 @@ class SandboxManager:
                 raise InvalidArgument(
                     f"linux.security_context.namespace_options.{field_name}: "
                     "TARGET is only valid for containers"
+                )
+        if ns.user is not None:
+            if not userns_supported():
+                raise FailedPrecondition(
+                    "this node cannot give pods user namespaces (they need kernel 5.19 or "
+                    "later and user.max_user_namespaces > 0)"
+                )
+            shared = [
+                name
+                for name, mode in (("network", ns.network), ("ipc", ns.ipc), ("pid", ns.pid))
+                if mode is NamespaceMode.NODE
+            ]
+            if shared:
+                raise InvalidArgument(
+                    "linux.security_context.namespace_options: a pod with its own user "
+                    f"namespace cannot share the node's {', '.join(shared)} namespace"
                 )
         sandbox_id = secrets.token_hex(32)
         sandbox_dir, _, shm = sandbox_paths(self.settings, sandbox_id)

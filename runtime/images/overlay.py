@@ -11,6 +11,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -29,6 +30,7 @@ _FSMOUNT_CLOEXEC = 0x1
 _FSCONFIG_SET_STRING = 1
 _FSCONFIG_CMD_CREATE = 6
 _MOUNT_ATTR_RDONLY = 0x1
+_MOUNT_ATTR_IDMAP = 0x100000
 _MOVE_MOUNT_F_EMPTY_PATH = 0x4
 _OPEN_TREE_CLONE = 0x1
 _AT_RECURSIVE = 0x8000
@@ -51,19 +53,49 @@ class _MountAttr(ctypes.Structure):
 
 
 def mount_overlay(
-    lowers: Sequence[Path], upper: Path | None, work: Path | None, target: Path
+    lowers: Sequence[Path],
+    upper: Path | None,
+    work: Path | None,
+    target: Path,
+    idmap_userns: Path | None = None,
 ) -> None:
     """Mount lowers (topmost first) on target, writable into upper/work when those are given.
 
     Without an upper layer a single lower is bind-mounted read-only, since overlayfs wants two.
+    With idmap_userns (a user namespace file) the lowers' files appear owned by the ids that
+    namespace maps theirs to. overlayfs itself cannot be idmapped, but its layers can (5.19):
+    each lower is staged as an idmapped mount beside target, used, then detached, as the
+    overlay keeps its own private copy of every layer mount.
     """
     if not lowers:
         raise ValueError("an overlay needs at least one lower layer")
     if (upper is None) != (work is None):
         raise ValueError("upper and work go together")
     if upper is None and len(lowers) == 1:
-        _bind_read_only(lowers[0], target)
+        _bind(lowers[0], target, read_only=True, recursive=False, idmap_userns=idmap_userns)
         return
+    if idmap_userns is None:
+        _mount_overlay(lowers, upper, work, target)
+        return
+    staging = target.parent / f"{target.name}.idmapped"
+    staging.mkdir()
+    staged: list[Path] = []
+    try:
+        for index, lower in enumerate(lowers):
+            layer = staging / str(index)
+            layer.mkdir()
+            _bind(lower, layer, read_only=True, recursive=False, idmap_userns=idmap_userns)
+            staged.append(layer)
+        _mount_overlay(staged, upper, work, target)
+    finally:
+        for layer in staged:
+            unmount(layer, detach=True)
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _mount_overlay(
+    lowers: Sequence[Path], upper: Path | None, work: Path | None, target: Path
+) -> None:
     for path in [*lowers, *(p for p in (upper, work) if p is not None)]:
         if len(os.fsencode(path)) > _MAX_VALUE:
             raise OSError(errno.ENAMETOOLONG, f"overlay layer path too long for fsconfig: {path}")
@@ -131,57 +163,46 @@ def _set_string(context: int, key: str, value: str) -> None:
     )
 
 
-def _bind_read_only(source: Path, target: Path) -> None:
-    clone = _syscall(
-        f"open_tree {source}",
-        _SYS_OPEN_TREE,
-        _AT_FDCWD,
-        os.fsencode(source),
-        _OPEN_TREE_CLONE | os.O_CLOEXEC,
-    )
-    try:
-        attr = _MountAttr(attr_set=_MOUNT_ATTR_RDONLY)
-        _syscall(
-            f"mount_setattr read-only {source}",
-            _SYS_MOUNT_SETATTR,
-            clone,
-            b"",
-            _AT_EMPTY_PATH,
-            ctypes.byref(attr),
-            ctypes.sizeof(attr),
-        )
-        _move_mount(clone, target)
-    finally:
-        os.close(clone)
+def bind_staged(
+    source: Path, target: Path, *, recursive_read_only: bool, idmap_userns: Path | None
+) -> None:
+    """Bind source and every mount below it on target, private, each read-only when asked,
+    each idmapped through idmap_userns (a user namespace file) when given.
 
-
-def bind_recursive_read_only(source: Path, target: Path) -> None:
-    """Bind source and every mount below it on target, each read-only and private.
-
-    A later bind of target copies each mount's read-only flag, so a container given target
-    gets the whole tree read-only, which a plain "ro" bind does not do for submounts.
+    A later bind of target copies each mount's read-only flag and idmapping, so a container
+    given target gets the whole tree that way; a plain "ro" bind leaves submounts writable,
+    and crun 1.8 and runc 1.1 know neither "rro" nor idmapped mounts.
     """
-    clone = _syscall(
-        f"open_tree {source}",
-        _SYS_OPEN_TREE,
-        _AT_FDCWD,
-        os.fsencode(source),
-        _OPEN_TREE_CLONE | _AT_RECURSIVE | os.O_CLOEXEC,
-    )
+    _bind(source, target, read_only=recursive_read_only, recursive=True, idmap_userns=idmap_userns)
+
+
+def _bind(
+    source: Path, target: Path, *, read_only: bool, recursive: bool, idmap_userns: Path | None
+) -> None:
+    flags = _OPEN_TREE_CLONE | os.O_CLOEXEC | (_AT_RECURSIVE if recursive else 0)
+    clone = _syscall(f"open_tree {source}", _SYS_OPEN_TREE, _AT_FDCWD, os.fsencode(source), flags)
+    userns = os.open(idmap_userns, os.O_RDONLY | os.O_CLOEXEC) if idmap_userns else -1
     try:
-        attr = _MountAttr(attr_set=_MOUNT_ATTR_RDONLY, propagation=_MS_PRIVATE)
+        attr = _MountAttr(
+            attr_set=(_MOUNT_ATTR_RDONLY if read_only else 0)
+            | (_MOUNT_ATTR_IDMAP if userns >= 0 else 0),
+            propagation=_MS_PRIVATE,
+            userns_fd=max(userns, 0),
+        )
         _syscall(
-            f"mount_setattr recursive read-only {source}",
+            f"mount_setattr {source}",
             _SYS_MOUNT_SETATTR,
             clone,
             b"",
-            _AT_EMPTY_PATH | _AT_RECURSIVE,
+            _AT_EMPTY_PATH | (_AT_RECURSIVE if recursive else 0),
             ctypes.byref(attr),
             ctypes.sizeof(attr),
         )
         _move_mount(clone, target)
     finally:
         os.close(clone)
+        if userns >= 0:
+            os.close(userns)
 
 
 def _move_mount(mount: int, target: Path) -> None:

@@ -67,7 +67,9 @@ class Agent:
         token = secrets.token_hex(4)
         # Unix socket paths are limited to 108 bytes: stay short and under /tmp.
         self.base_dir = base_dir or Path(f"/tmp/mre-{token}")
-        self.base_dir.mkdir(mode=0o700)
+        # Traversable as a node's /run is: the remapped root of a user-namespaced pod must
+        # reach its rootfs below.
+        self.base_dir.mkdir(mode=0o711)
         self.token = self.base_dir.name.removeprefix("mre-")
         self.socket = self.base_dir / "moorage.sock"
         self.root_dir = self.base_dir / "root"

@@ -23,6 +23,7 @@ def pod_config(
     pid: Any = pb.POD,
     ipc: Any = pb.POD,
     attempt: int = 0,
+    userns: Any = None,
 ) -> Any:
     """A PodSandboxConfig whose metadata (name, uid, namespace) no other call returns."""
     token = secrets.token_hex(4)
@@ -39,7 +40,9 @@ def pod_config(
         linux=pb.LinuxPodSandboxConfig(
             sysctls=sysctls or {},
             security_context=pb.LinuxSandboxSecurityContext(
-                namespace_options=pb.NamespaceOption(network=network, pid=pid, ipc=ipc)
+                namespace_options=pb.NamespaceOption(
+                    network=network, pid=pid, ipc=ipc, userns_options=userns
+                )
             ),
         ),
     )

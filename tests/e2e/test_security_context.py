@@ -383,6 +383,30 @@ def test_a_pod_pid_namespace_is_shared_by_its_containers(agent: Agent, image: st
     assert len(same) == 1
 
 
+def test_a_target_pid_namespace_is_the_target_containers(agent: Agent, image: str) -> None:
+    pod = Pod(agent, pid=pb.CONTAINER)
+    target = pod.run(namespaced(image, ["sleep", "61"], pid=pb.CONTAINER))
+
+    debugger = pod.run(namespaced(image, ["sleep", "62"], pid=pb.TARGET, target_id=target))
+
+    commands = process_commands(agent, debugger)
+    assert commands[1] == "sleep 61"
+    assert "sleep 62" in commands.values()
+    same = {output(agent, c, ["readlink", "/proc/self/ns/pid"]) for c in (target, debugger)}
+    assert len(same) == 1
+
+
+def test_a_target_that_is_not_running_is_refused(agent: Agent, image: str) -> None:
+    pod = Pod(agent, pid=pb.CONTAINER)
+    stopped = pod.create(namespaced(image, ["sleep", "61"], pid=pb.CONTAINER))
+
+    assert_rpc_error(
+        lambda: pod.create(namespaced(image, ["sleep", "62"], pid=pb.TARGET, target_id=stopped)),
+        grpc.StatusCode.NOT_FOUND,
+        "not running",
+    )
+
+
 def test_a_node_pid_namespace_sees_the_hosts_processes(agent: Agent, image: str) -> None:
     pod = Pod(agent, pid=pb.NODE)
     container_id = pod.run(namespaced(image, ["sleep", "60"], pid=pb.NODE))

@@ -26,6 +26,7 @@ from runtime.container_model import (
 )
 from runtime.errors import FailedPrecondition, InvalidArgument
 from runtime.model import (
+    IdMapping,
     InfraProcess,
     NamespaceMode,
     NamespaceOptions,
@@ -33,6 +34,7 @@ from runtime.model import (
     Sandbox,
     SandboxConfig,
     SandboxState,
+    UserNamespace,
 )
 from runtime.oci_spec import (
     DEFAULT_MASKED_PATHS,
@@ -411,6 +413,29 @@ def test_target_pid_namespace_is_the_target_containers() -> None:
     assert _namespaces(spec(config, target_pid=77))["pid"] == "/proc/77/ns/pid"
     with pytest.raises(InvalidArgument, match="target_id"):
         spec(config)
+
+
+def test_a_user_namespaced_pod_is_joined_with_its_maps() -> None:
+    userns = UserNamespace(IdMapping(100_000, 0, 65536), IdMapping(200_000, 0, 65536))
+    sandbox = pod()
+    sandbox = replace(
+        sandbox,
+        config=replace(sandbox.config, namespaces=replace(sandbox.config.namespaces, user=userns)),
+        pins={**sandbox.pins, "user": "/run/moorage/pins/user-sb1"},
+    )
+
+    result = spec(sandbox=sandbox)
+
+    assert _namespaces(result)["user"] == "/run/moorage/pins/user-sb1"
+    assert result["linux"]["uidMappings"] == [{"containerID": 0, "hostID": 100_000, "size": 65536}]
+    assert result["linux"]["gidMappings"] == [{"containerID": 0, "hostID": 200_000, "size": 65536}]
+
+
+def test_a_pod_in_the_nodes_user_namespace_has_no_maps() -> None:
+    result = spec()
+
+    assert "user" not in _namespaces(result)
+    assert "uidMappings" not in result["linux"]
 
 
 def test_host_network_and_ipc_pods_share_the_nodes_namespaces() -> None:
