@@ -28,6 +28,8 @@ class Config:
     shutdown_grace_s: float = 10.0
     # "" turns the Prometheus endpoint off.
     metrics_address: str = "127.0.0.1:9777"
+    # Port 0: any free port; the RPCs return URLs with the one the kernel chose.
+    streaming_address: str = "127.0.0.1:0"
     runtime: RuntimeSettings = field(default_factory=RuntimeSettings)
 
 
@@ -70,6 +72,9 @@ _IMAGES_DOCS = {
 _METRICS_DOCS = {
     "address": 'host:port of the Prometheus endpoint (/metrics); "" turns it off',
 }
+_STREAMING_DOCS = {
+    "address": "host:port of the exec/attach/port-forward server; port 0 = any free port",
+}
 # [network] key -> (attribute of RuntimeSettings.bridge, type); the others are top-level.
 _BRIDGE_KEYS = {
     "bridge": ("bridge", str),
@@ -77,6 +82,7 @@ _BRIDGE_KEYS = {
     "chain_prefix": ("chain_prefix", str),
 }
 NETWORK_MODES = ("bridge", "cni")
+_ADDRESS = re.compile(r"(\[[0-9a-fA-F:.]+\]|[^:\[\]]+):\d{1,5}")
 
 
 def load_config(path: Path | None) -> Config:
@@ -102,12 +108,14 @@ def parse_config(raw: dict[str, Any], source: str = "config") -> Config:
     network_raw = dict(_typed(raw.pop("network", {}), dict, source, "network"))
     images_raw = dict(_typed(raw.pop("images", {}), dict, source, "images"))
     metrics_raw = dict(_typed(raw.pop("metrics", {}), dict, source, "metrics"))
+    streaming_raw = dict(_typed(raw.pop("streaming", {}), dict, source, "streaming"))
     handlers_raw = runtime_raw.pop("handlers", None)
     _reject_unknown(raw, {*_TOP_DOCS}, source, "")
     _reject_unknown(runtime_raw, {*_RUNTIME_DOCS}, source, "runtime.")
     _reject_unknown(network_raw, {*_NETWORK_DOCS}, source, "network.")
     _reject_unknown(images_raw, {*_IMAGES_DOCS}, source, "images.")
     _reject_unknown(metrics_raw, {*_METRICS_DOCS}, source, "metrics.")
+    _reject_unknown(streaming_raw, {*_STREAMING_DOCS}, source, "streaming.")
 
     defaults = Config()
     rt: dict[str, Any] = {}
@@ -157,6 +165,10 @@ def parse_config(raw: dict[str, Any], source: str = "config") -> Config:
         top["log_level"] = _typed(raw["log_level"], str, source, "log_level")
     if "address" in metrics_raw:
         top["metrics_address"] = _typed(metrics_raw["address"], str, source, "metrics.address")
+    if "address" in streaming_raw:
+        top["streaming_address"] = _typed(
+            streaming_raw["address"], str, source, "streaming.address"
+        )
     if "shutdown_grace_s" in raw:
         top["shutdown_grace_s"] = float(
             _typed(raw["shutdown_grace_s"], (int, float), source, "shutdown_grace_s")
@@ -205,12 +217,12 @@ def validate(config: Config) -> Config:
         raise ConfigError("images.pull_retries must not be negative")
     if config.shutdown_grace_s < 0:
         raise ConfigError("shutdown_grace_s must not be negative")
-    if config.metrics_address and not re.fullmatch(
-        r"(\[[0-9a-fA-F:.]+\]|[^:\[\]]+):\d{1,5}", config.metrics_address
-    ):
+    if config.metrics_address and not _ADDRESS.fullmatch(config.metrics_address):
         raise ConfigError(
             f'metrics.address {config.metrics_address!r}: host:port or [v6]:port, or ""'
         )
+    if not _ADDRESS.fullmatch(config.streaming_address):
+        raise ConfigError(f"streaming.address {config.streaming_address!r}: host:port or [v6]:port")
     return config
 
 
@@ -288,6 +300,11 @@ def render_config(config: Config) -> str:
     lines += ["", "[images]"]
     lines += [_line(k, getattr(rt.images, k), doc) for k, doc in _IMAGES_DOCS.items()]
     lines += ["", "[metrics]", _line("address", config.metrics_address, _METRICS_DOCS["address"])]
+    lines += [
+        "",
+        "[streaming]",
+        _line("address", config.streaming_address, _STREAMING_DOCS["address"]),
+    ]
     for name, handler in rt.handlers.items():
         table = f"runtime.handlers.{_toml_key(name)}"
         lines += ["", f"[{table}]", _line("path", handler.path, "OCI runtime")]

@@ -21,6 +21,7 @@ from cri.image_service import ImageService
 from cri.interceptor import CallInterceptor
 from cri.metrics_wiring import AgentMetrics
 from cri.runtime_service import RuntimeService
+from cri.streaming.server import StreamingServer
 from network.errors import NetworkError
 from runtime.agent import Runtime
 
@@ -90,8 +91,13 @@ async def _serve_grpc(config: Config, runtime: Runtime) -> int:
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
         ],
     )
+    streaming = StreamingServer(config.streaming_address, runtime.streams)
+    try:
+        await streaming.start()
+    except OSError as exc:
+        raise ConfigError(f"streaming.address {config.streaming_address!r}: {exc}") from None
     api_pb2_grpc.add_RuntimeServiceServicer_to_server(  # type: ignore[no-untyped-call]
-        RuntimeService(runtime, config), server
+        RuntimeService(runtime, config, streaming), server
     )
     api_pb2_grpc.add_ImageServiceServicer_to_server(  # type: ignore[no-untyped-call]
         ImageService(runtime, config), server
@@ -123,6 +129,7 @@ async def _serve_grpc(config: Config, runtime: Runtime) -> int:
     await stopping.wait()
     log.info("stopping: no new calls, in-flight calls may finish", grace_s=config.shutdown_grace_s)
     await server.stop(config.shutdown_grace_s)
+    await streaming.close()
     await runtime.containers.drain()
     await runtime.sandboxes.drain()
     await runtime.images.close()

@@ -7,6 +7,7 @@ from cri.pod_metrics_rpcs import PodMetricsRpcs
 from cri.runtime_info import RuntimeInfoRpcs
 from cri.sandbox_rpcs import PodSandboxRpcs
 from cri.stats_rpcs import StatsRpcs
+from cri.streaming_rpcs import StreamingRpcs
 from cri.unimplemented import UnimplementedFallback
 
 
@@ -15,6 +16,7 @@ class RuntimeService(
     PodSandboxRpcs,
     ContainerRpcs,
     StatsRpcs,
+    StreamingRpcs,
     PodMetricsRpcs,
     UnimplementedFallback,
 ):

@@ -30,6 +30,7 @@ from cri_api.v1 import api_pb2_grpc
 
 from cri.logging import configure_logging
 from hack.bench_containers import bench_containers
+from hack.bench_streaming import bench_streaming
 from network.bridge import delete_link
 from network.bridge_network import BridgeNetwork, BridgeSettings
 from network.cni import CniNetwork, CniSettings
@@ -326,6 +327,7 @@ def main() -> int:
         notes += bench_containers(
             socket, args.n, timings, agent_pid, str(socket.parent), METRICS_PORT
         )
+        notes += bench_streaming(socket, args.n, timings)
         print(timings.report())
         print("\n" + "\n".join(notes))
         if agent_pid:

@@ -3,11 +3,12 @@ containers, the first start of a one-container pod, and memory with 100 containe
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import tempfile
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -60,6 +61,21 @@ class Timings(Protocol):
     def record(self, label: str, started: float) -> None: ...
 
 
+@contextlib.contextmanager
+def pulled_test_image(images: Any) -> Iterator[str]:
+    """The tests' static busybox image, pulled from a local registry that lives as long."""
+    registry = start_registry()
+    try:
+        with tempfile.TemporaryDirectory() as layouts:
+            built = build_all(Path(layouts), large_bytes=1 << 20, large_layers=1)
+            push(registry, built["single"], "bench/single")
+        image = f"{registry.address}/bench/single:latest"
+        images.PullImage(pb.PullImageRequest(image=pb.ImageSpec(image=image)))
+        yield image
+    finally:
+        registry.stop()
+
+
 def bench_containers(  # noqa: PLR0917
     socket: Path, n: int, timings: Timings, agent_pid: int, marker: str, metrics_port: int
 ) -> list[str]:
@@ -68,15 +84,8 @@ def bench_containers(  # noqa: PLR0917
     channel = grpc.insecure_channel(f"unix://{socket}")
     runtime = api_pb2_grpc.RuntimeServiceStub(channel)  # type: ignore[no-untyped-call]
     images = api_pb2_grpc.ImageServiceStub(channel)  # type: ignore[no-untyped-call]
-    registry = start_registry()
     notes = []
-    try:
-        with tempfile.TemporaryDirectory() as layouts:
-            built = build_all(Path(layouts), large_bytes=1 << 20, large_layers=1)
-            push(registry, built["single"], "bench/single")
-        image = f"{registry.address}/bench/single:latest"
-        images.PullImage(pb.PullImageRequest(image=pb.ImageSpec(image=image)))
-
+    with pulled_test_image(images) as image:
         started = time.perf_counter()
         pod_config = _pod_config()
         first_pod = runtime.RunPodSandbox(pb.RunPodSandboxRequest(config=pod_config)).pod_sandbox_id
@@ -237,6 +246,4 @@ def bench_containers(  # noqa: PLR0917
         )
         runtime.StopPodSandbox(pb.StopPodSandboxRequest(pod_sandbox_id=first_pod))
         runtime.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=first_pod))
-    finally:
-        registry.stop()
     return notes

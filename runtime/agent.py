@@ -28,6 +28,7 @@ from runtime.sandbox_store import SandboxStore
 from runtime.sandboxes import SandboxManager
 from runtime.settings import RuntimeSettings
 from runtime.state_db import StateDB
+from runtime.streaming_sessions import StreamingSessions
 
 _POD_CIDR_KEY = "pod_cidr"
 
@@ -80,6 +81,7 @@ class Runtime:
             self.cgroups,
             self.runtimes,
         )
+        self.streams = StreamingSessions(settings, self.containers, self.sandboxes)
         self._exit_watcher: ExitWatcher | None = None
         self.layer_usage = WritableLayerUsage(
             lambda: {

@@ -50,3 +50,7 @@ class DeadlineExceeded(MoorageError):
 
 class ContainerRuntimeFailed(MoorageError):
     """The OCI runtime or conmon refused: the message carries what they said."""
+
+
+class ResourceExhausted(MoorageError):
+    """A bounded resource is full (e.g. streaming requests waiting for their clients)."""

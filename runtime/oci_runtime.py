@@ -94,6 +94,30 @@ class OciRuntime:
             "update", "--resources", "-", container_id, stdin=payload, container_id=container_id
         )
 
+    def exec_argv(
+        self,
+        container_id: str,
+        *,
+        process: Path,
+        pid_file: Path,
+        log_file: Path,
+        console_socket: str | None = None,
+    ) -> list[str]:
+        """A foreground `exec` of the process spec in `process`: the runtime waits for the
+        process and exits with its code (128 + signal when killed). Its own messages go to
+        log_file as JSON lines, apart from the process's output. console_socket: where the
+        runtime sends the terminal's master; crun takes one in the foreground, runc only
+        with --detach (which would lose the exit code)."""
+        argv = [
+            str(self.binary), "--root", str(self.state_root),
+            "--log", str(log_file), "--log-format", "json",
+            "exec", "--process", str(process), "--pid-file", str(pid_file),
+        ]  # fmt: skip
+        if console_socket is not None:
+            argv += ["--console-socket", console_socket]
+        argv.append(container_id)
+        return argv
+
     # -- conmon --------------------------------------------------------------------------
 
     def runtime_argv_for_conmon(self) -> tuple[Path, list[str]]:

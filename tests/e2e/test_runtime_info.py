@@ -123,16 +123,22 @@ def test_image_fs_info_reports_filesystems_under_the_root_dir(agent: Agent) -> N
 
 
 def test_unbuilt_runtime_rpc_answers_unimplemented_naming_the_method(agent: Agent) -> None:
-    request = pb.ExecRequest(container_id="c0ffee", cmd=["true"], stdout=True)
+    request = pb.CheckpointContainerRequest(container_id="c0ffee")
 
-    assert_rpc_error(lambda: agent.runtime.Exec(request), grpc.StatusCode.UNIMPLEMENTED, "Exec")
+    assert_rpc_error(
+        lambda: agent.runtime.CheckpointContainer(request),
+        grpc.StatusCode.UNIMPLEMENTED,
+        "CheckpointContainer",
+    )
 
 
 def test_unbuilt_rpc_answers_unimplemented_naming_the_method(agent: Agent) -> None:
     assert_rpc_error(
-        lambda: agent.runtime.PortForward(pb.PortForwardRequest(pod_sandbox_id="c0ffee")),
+        lambda: agent.runtime.UpdatePodSandboxResources(
+            pb.UpdatePodSandboxResourcesRequest(pod_sandbox_id="c0ffee")
+        ),
         grpc.StatusCode.UNIMPLEMENTED,
-        "PortForward",
+        "UpdatePodSandboxResources",
     )
 
 

@@ -277,7 +277,7 @@ async def test_output_without_a_trailing_newline_is_a_partial_record(host: Host)
 async def test_exec_sync_returns_output_and_exit_code(host: Host) -> None:
     container_id, bundle, _ = await host.create(["/bin/sleep", "60"])
     await start_container(host.runtime, container_id)
-    spec = _process(["/bin/sh", "-c", "echo hi; echo oops >&2; printf 0123456789abc; exit 7"])
+    spec = process(["/bin/sh", "-c", "echo hi; echo oops >&2; printf 0123456789abc; exit 7"])
     result = await exec_sync(
         CONMON, host.runtime, container_id=container_id, bundle=bundle, process_spec=spec,
         timeout_s=10, output_cap=8,
@@ -293,7 +293,7 @@ async def test_exec_sync_past_its_deadline_kills_the_process(host: Host) -> None
     container_id, bundle, _ = await host.create(["/bin/sleep", "60"])
     await start_container(host.runtime, container_id)
     marker = uuid.uuid4().hex
-    spec = _process(["/bin/sleep", "60"], env=[f"MOORAGE_EXEC_MARKER={marker}"])
+    spec = process(["/bin/sleep", "60"], env=[f"MOORAGE_EXEC_MARKER={marker}"])
     started = time.monotonic()
     result = await exec_sync(
         CONMON, host.runtime, container_id=container_id, bundle=bundle, process_spec=spec,
@@ -431,7 +431,7 @@ async def test_create_and_start_timing(host: Host, capsys: pytest.CaptureFixture
         )
 
 
-def _process(args: list[str], env: list[str] | None = None) -> dict[str, object]:
+def process(args: list[str], env: list[str] | None = None) -> dict[str, object]:
     return {
         "terminal": False,
         "user": {"uid": 0, "gid": 0},

@@ -298,7 +298,7 @@ def test_every_rendered_key_has_a_comment(config: Config) -> None:
     key_lines = [line for line in lines if "=" in line and not line.startswith("[")]
 
     # 5 top-level, 7 [runtime], 8 [network], 6 [images] keys, and one path per handler.
-    assert len(key_lines) == 27 + len(config.runtime.handlers)
+    assert len(key_lines) == 28 + len(config.runtime.handlers)
     for line in key_lines:
         value_and_comment = line.split(" = ", 1)[1]
         assert "  # " in value_and_comment, line
@@ -385,3 +385,18 @@ def test_metrics_address_accepts_host_port_or_nothing(address: str) -> None:
 def test_metrics_address_must_be_host_and_port(address: str) -> None:
     with pytest.raises(ConfigError, match=r"metrics\.address"):
         parse_config({"metrics": {"address": address}})
+
+
+@pytest.mark.parametrize("address", ["127.0.0.1:0", "[::1]:10010", "0.0.0.0:10250"])
+def test_streaming_address_accepts_host_port(address: str) -> None:
+    assert parse_config({"streaming": {"address": address}}).streaming_address == address
+
+
+@pytest.mark.parametrize("address", ["", "10010", "host:port"])
+def test_streaming_address_must_be_host_and_port(address: str) -> None:
+    with pytest.raises(ConfigError, match=r"streaming\.address"):
+        parse_config({"streaming": {"address": address}})
+
+
+def test_streaming_listens_on_loopback_with_any_free_port_by_default() -> None:
+    assert parse_config({}).streaming_address == "127.0.0.1:0"
