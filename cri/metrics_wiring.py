@@ -68,6 +68,10 @@ class MetricsSnapshot:
         return containers, pods
 
 
+def cgroup_reader(runtime: Runtime) -> CgroupReader:
+    return CgroupReader.of(runtime.cgroups.v1_roots, runtime.cgroups.unified_root)
+
+
 class AgentMetrics:
     """The collectors in the agent's registry, the endpoint serving it, and the event
     listener that counts OOM kills."""
@@ -75,7 +79,7 @@ class AgentMetrics:
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
         self._collectors = [
-            ContainerCollector(MetricsSnapshot(runtime, CgroupReader.detect())),
+            ContainerCollector(MetricsSnapshot(runtime, cgroup_reader(runtime))),
             StateCollector(self._pod_states, self._container_states),
         ]
         self._endpoint: MetricsEndpoint | None = None

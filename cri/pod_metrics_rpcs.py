@@ -17,14 +17,13 @@ from cri_api.v1 import api_pb2 as pb
 from prometheus_client.metrics_core import Metric
 
 from cri.handlers import Handlers
-from cri.metrics_wiring import MetricsSnapshot
-from metrics.cgroup_reader import CgroupReader
+from cri.metrics_wiring import MetricsSnapshot, cgroup_reader
 from metrics.container_metrics import BASE_LABELS, ContainerCollector
 
 
 class PodMetricsRpcs(Handlers):
     def _families(self) -> list[Metric]:
-        collector = ContainerCollector(MetricsSnapshot(self.runtime, CgroupReader.detect()))
+        collector = ContainerCollector(MetricsSnapshot(self.runtime, cgroup_reader(self.runtime)))
         return [f for f in collector.collect() if f.name != "container_scrape_error"]
 
     async def ListMetricDescriptors(self, request: Any, context: grpc.aio.ServicerContext) -> Any:

@@ -10,9 +10,9 @@ import grpc
 from cri_api.v1 import api_pb2 as pb
 
 from cri.handlers import Handlers
+from cri.metrics_wiring import cgroup_reader
 from cri.stats_convert import container_stats_to_proto, pod_stats_to_proto
 from cri.stats_source import StatsSource
-from metrics.cgroup_reader import CgroupReader
 from runtime.container_model import ContainerFilter
 from runtime.errors import InvalidArgument
 from runtime.model import SandboxFilter
@@ -22,7 +22,7 @@ class StatsRpcs(Handlers):
     @functools.cached_property
     def stats(self) -> StatsSource:
         # One per servicer: it keeps the previous CPU reading of each cgroup for the rates.
-        return StatsSource(self.runtime, CgroupReader.detect())
+        return StatsSource(self.runtime, cgroup_reader(self.runtime))
 
     @property
     def _writable_root(self) -> str:

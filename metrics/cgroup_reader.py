@@ -74,31 +74,12 @@ class CgroupReader:
         self._logged: set[tuple[str, str]] = set()
 
     @classmethod
-    def detect(
-        cls,
-        mountinfo: Path = Path("/proc/self/mountinfo"),
-        proc_cgroups: Path = Path("/proc/cgroups"),
-    ) -> CgroupReader:
-        known = {
-            line.split()[0]
-            for line in proc_cgroups.read_text().splitlines()
-            if line and not line.startswith("#")
-        }
-        v1: dict[str, Path] = {}
-        unified: Path | None = None
-        for line in mountinfo.read_text().splitlines():
-            pre, _, post = line.partition(" - ")
-            mount_point = Path(pre.split()[4].replace("\\040", " "))
-            fstype, _source, super_opts = post.split()[:3]
-            if fstype == "cgroup2" and unified is None:
-                unified = mount_point
-            elif fstype == "cgroup":
-                # Super options also carry flags such as noprefix or release_agent=...
-                names = [o for o in super_opts.split(",") if o in known or o.startswith("name=")]
-                v1.setdefault(",".join(names), mount_point)
-        if not v1 and unified is None:
+    def of(cls, v1_roots: Mapping[str, Path], unified_root: Path | None) -> CgroupReader:
+        """The reader for the hierarchies the agent found mounted (runtime/cgroups.py's
+        CgroupLayout): v1 roots by hierarchy name, and the unified one, if any."""
+        if not v1_roots and unified_root is None:
             raise RuntimeError("no cgroup filesystem is mounted")
-        return cls(v1, unified, v2=not v1)
+        return cls(v1_roots, unified_root, v2=not v1_roots)
 
     def read(self, cgroup_path: str) -> CgroupStats | None:
         """The cgroup's figures, or None when it no longer exists."""

@@ -44,7 +44,7 @@ def hierarchy_root(layout: CgroupLayout, controller: str) -> Path:
 
 def test_a_process_in_the_cgroup_shows_in_cpu_memory_and_pids() -> None:
     layout = v1_layout()
-    reader = CgroupReader.detect()
+    reader = CgroupReader.of(layout.v1_roots, layout.unified_root)
     cgroup = f"/moorage-test-{uuid.uuid4().hex[:10]}"
     child: subprocess.Popen[str] | None = None
     try:
@@ -89,7 +89,7 @@ def test_a_process_in_the_cgroup_shows_in_cpu_memory_and_pids() -> None:
 
 def test_a_fresh_cgroup_without_limits_reads_as_unlimited() -> None:
     layout = v1_layout()
-    reader = CgroupReader.detect()
+    reader = CgroupReader.of(layout.v1_roots, layout.unified_root)
     cgroup = f"/moorage-test-{uuid.uuid4().hex[:10]}/ctr"
     try:
         layout.create(cgroup)
@@ -107,7 +107,7 @@ def test_a_fresh_cgroup_without_limits_reads_as_unlimited() -> None:
 def test_reading_100_cgroups_is_fast_enough_for_a_scrape() -> None:
     """Not a pass/fail benchmark: prints the time so regressions are visible with -s."""
     layout = v1_layout()
-    reader = CgroupReader.detect()
+    reader = CgroupReader.of(layout.v1_roots, layout.unified_root)
     parent = f"/moorage-test-{uuid.uuid4().hex[:10]}"
     paths = [f"{parent}/ctr-{i}" for i in range(100)]
     try:

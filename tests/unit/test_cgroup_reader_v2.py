@@ -16,6 +16,7 @@ from metrics.model import (
     MemoryStats,
     PidsStats,
 )
+from runtime.cgroups import CgroupLayout
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 V2 = FIXTURES / "cgroup_v2"
@@ -194,8 +195,10 @@ def test_detect_reads_hybrid_and_pure_v2_mountinfo(tmp_path: Path) -> None:
     pure = tmp_path / "pure"
     pure.write_text(f"30 23 0:26 / {V2 / 'full'} rw,nosuid - cgroup2 cgroup2 rw,nsdelegate\n")
 
-    hybrid_reader = CgroupReader.detect(hybrid, proc_cgroups)
-    pure_reader = CgroupReader.detect(pure, proc_cgroups)
+    hybrid_layout = CgroupLayout.detect(hybrid, proc_cgroups)
+    pure_layout = CgroupLayout.detect(pure, proc_cgroups)
+    hybrid_reader = CgroupReader.of(hybrid_layout.v1_roots, hybrid_layout.unified_root)
+    pure_reader = CgroupReader.of(pure_layout.v1_roots, pure_layout.unified_root)
 
     assert hybrid_reader._v1 == {
         "cpu": "/sys/fs/cgroup/cpu,cpuacct",
