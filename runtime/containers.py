@@ -12,10 +12,9 @@ import contextlib
 import secrets
 import signal
 import time
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, TypeVar
 
 import structlog
 
@@ -60,6 +59,7 @@ from runtime.errors import (
 )
 from runtime.image_user import parse_image_config
 from runtime.images.manager import ImageManager
+from runtime.in_flight import InFlight
 from runtime.model import Sandbox, SandboxState
 from runtime.oci_runtime import OciRuntime, OciRuntimeError
 from runtime.oci_spec import resources_to_oci
@@ -69,7 +69,6 @@ from runtime.settings import RuntimeSettings
 
 log = structlog.get_logger("moorage.container")
 
-T = TypeVar("T")
 EXEC_OUTPUT_CAP = 16 * 1024 * 1024
 # After SIGKILL the exit file follows within milliseconds; past this something is wrong.
 KILL_WAIT_S = 10.0
@@ -96,7 +95,7 @@ class ContainerManager:
         self.events = EventBus()
         self._locks: dict[str, asyncio.Lock] = {}
         self._exited: dict[str, asyncio.Event] = {}
-        self._in_flight: set[asyncio.Task[Any]] = set()
+        self._in_flight = InFlight()
         self.builder = ContainerBuilder(settings, cgroups, store)
         self._filters = {
             name: SeccompFilters(runtime.binary)
@@ -119,16 +118,16 @@ class ContainerManager:
     # -- mutations ----------------------------------------------------------------------
 
     async def create(self, sandbox_id: str, config: ContainerConfig) -> Container:
-        return await self._shielded(self._create(sandbox_id, config))
+        return await self._in_flight.run(self._create(sandbox_id, config))
 
     async def start(self, id_or_prefix: str) -> None:
-        await self._shielded(self._start(id_or_prefix))
+        await self._in_flight.run(self._start(id_or_prefix))
 
     async def stop(self, id_or_prefix: str, timeout_s: float) -> None:
-        await self._shielded(self._stop(id_or_prefix, timeout_s))
+        await self._in_flight.run(self._stop(id_or_prefix, timeout_s))
 
     async def remove(self, id_or_prefix: str) -> None:
-        await self._shielded(self._remove(id_or_prefix))
+        await self._in_flight.run(self._remove(id_or_prefix))
 
     async def stop_all(self, sandbox_id: str) -> None:
         """Kill every container of the pod at once, as StopPodSandbox asks."""
@@ -137,17 +136,10 @@ class ContainerManager:
 
     async def remove_all(self, sandbox_id: str) -> None:
         ids = [c.id for c in self.store.in_sandbox(sandbox_id)]
-        await asyncio.gather(*(self._shielded(self._remove(i)) for i in ids))
+        await asyncio.gather(*(self._in_flight.run(self._remove(i)) for i in ids))
 
     async def drain(self) -> None:
-        while self._in_flight:
-            await asyncio.gather(*self._in_flight, return_exceptions=True)
-
-    async def _shielded(self, work: Coroutine[Any, Any, T]) -> T:
-        task = asyncio.ensure_future(work)
-        self._in_flight.add(task)
-        task.add_done_callback(self._in_flight.discard)
-        return await asyncio.shield(task)
+        await self._in_flight.drain()
 
     async def _create(self, sandbox_id: str, config: ContainerConfig) -> Container:
         sandbox = self.sandboxes.get(sandbox_id)

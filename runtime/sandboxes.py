@@ -12,10 +12,9 @@ import contextlib
 import secrets
 import subprocess
 import time
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, TypeVar
 
 import structlog
 
@@ -23,6 +22,7 @@ from network.errors import NetworkError
 from network.types import HostPort, PodNetwork, PodNetworkRequest
 from runtime.cgroups import CgroupLayout, pod_cgroup_path
 from runtime.errors import FailedPrecondition, InvalidArgument, NotFound
+from runtime.in_flight import InFlight
 from runtime.model import (
     NamespaceMode,
     Sandbox,
@@ -38,7 +38,6 @@ from runtime.userns import supported as userns_supported
 
 log = structlog.get_logger("moorage.sandbox")
 
-T = TypeVar("T")
 # Linux's HOST_NAME_MAX.
 MAX_HOSTNAME_BYTES = 64
 
@@ -57,27 +56,20 @@ class SandboxManager:
         self.cgroups = cgroups
         self._locks: dict[str, asyncio.Lock] = {}
         self._infra_children: dict[str, subprocess.Popen[bytes]] = {}
-        self._in_flight: set[asyncio.Task[Any]] = set()
+        self._in_flight = InFlight()
 
     async def run(self, config: SandboxConfig) -> Sandbox:
-        return await self._shielded(self._run(config))
+        return await self._in_flight.run(self._run(config))
 
     async def stop(self, id_or_prefix: str) -> None:
-        await self._shielded(self._stop(id_or_prefix))
+        await self._in_flight.run(self._stop(id_or_prefix))
 
     async def remove(self, id_or_prefix: str) -> None:
-        await self._shielded(self._remove(id_or_prefix))
+        await self._in_flight.run(self._remove(id_or_prefix))
 
     async def drain(self) -> None:
         """Wait for every mutation under way, even those whose caller went away."""
-        while self._in_flight:
-            await asyncio.gather(*self._in_flight, return_exceptions=True)
-
-    async def _shielded(self, work: Coroutine[Any, Any, T]) -> T:
-        task = asyncio.ensure_future(work)
-        self._in_flight.add(task)
-        task.add_done_callback(self._in_flight.discard)
-        return await asyncio.shield(task)
+        await self._in_flight.drain()
 
     def status(self, id_or_prefix: str) -> Sandbox:
         return self.store.get(id_or_prefix)
