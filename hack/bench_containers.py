@@ -61,6 +61,20 @@ class Timings(Protocol):
     def record(self, label: str, started: float) -> None: ...
 
 
+def _timed_create_start(  # noqa: PLR0917
+    runtime: Any, timings: Timings, case: str, pod_id: str, pod_config: Any, config: Any
+) -> str:
+    """Create and start config in the pod, timed as "create + start (case)"; its id."""
+    create = pb.CreateContainerRequest(
+        pod_sandbox_id=pod_id, config=config, sandbox_config=pod_config
+    )
+    begun = time.perf_counter()
+    cid = str(runtime.CreateContainer(create).container_id)
+    runtime.StartContainer(pb.StartContainerRequest(container_id=cid))
+    timings.record(f"create + start ({case})", begun)
+    return cid
+
+
 @contextlib.contextmanager
 def pulled_test_image(images: Any) -> Iterator[str]:
     """The tests' static busybox image, pulled from a local registry that lives as long."""
@@ -149,13 +163,9 @@ def bench_containers(  # noqa: PLR0917
         for _ in range(n):
             config = _container(image, ["sleep", "3600"])
             config.linux.CopyFrom(restricted)
-            create = pb.CreateContainerRequest(
-                pod_sandbox_id=first_pod, config=config, sandbox_config=pod_config
+            cid = _timed_create_start(
+                runtime, timings, "restricted security context", first_pod, pod_config, config
             )
-            begun = time.perf_counter()
-            cid = runtime.CreateContainer(create).container_id
-            runtime.StartContainer(pb.StartContainerRequest(container_id=cid))
-            timings.record("create + start (restricted security context)", begun)
             runtime.RemoveContainer(pb.RemoveContainerRequest(container_id=cid))
 
         # The same with runc, the other handler, for the comparison in the README.
@@ -164,15 +174,10 @@ def bench_containers(  # noqa: PLR0917
             pb.RunPodSandboxRequest(config=runc_config, runtime_handler="runc")
         ).pod_sandbox_id
         for _ in range(n):
-            create = pb.CreateContainerRequest(
-                pod_sandbox_id=runc_pod,
-                config=_container(image, ["sleep", "3600"]),
-                sandbox_config=runc_config,
+            config = _container(image, ["sleep", "3600"])
+            cid = _timed_create_start(
+                runtime, timings, "runc handler", runc_pod, runc_config, config
             )
-            begun = time.perf_counter()
-            cid = runtime.CreateContainer(create).container_id
-            runtime.StartContainer(pb.StartContainerRequest(container_id=cid))
-            timings.record("create + start (runc handler)", begun)
             runtime.RemoveContainer(pb.RemoveContainerRequest(container_id=cid))
         runtime.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=runc_pod))
 
@@ -192,13 +197,9 @@ def bench_containers(  # noqa: PLR0917
             config.linux.security_context.namespace_options.CopyFrom(
                 userns_config.linux.security_context.namespace_options
             )
-            create = pb.CreateContainerRequest(
-                pod_sandbox_id=userns_pod, config=config, sandbox_config=userns_config
+            _timed_create_start(
+                runtime, timings, "user namespace", userns_pod, userns_config, config
             )
-            begun = time.perf_counter()
-            cid = runtime.CreateContainer(create).container_id
-            runtime.StartContainer(pb.StartContainerRequest(container_id=cid))
-            timings.record("create + start (user namespace)", begun)
             runtime.StopPodSandbox(pb.StopPodSandboxRequest(pod_sandbox_id=userns_pod))
             runtime.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=userns_pod))
 
