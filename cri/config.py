@@ -11,6 +11,7 @@ from typing import Any
 
 from network.errors import InvalidNetworkRequest
 from network.ipam import parse_ranges
+from runtime.container_model import SeccompKind
 from runtime.settings import ImageSettings, RuntimeHandlerSettings, RuntimeSettings
 
 DEFAULT_CONFIG_PATH = Path("/etc/moorage/moorage.toml")
@@ -72,6 +73,17 @@ _IMAGES_DOCS = {
 _METRICS_DOCS = {
     "address": 'host:port of the Prometheus endpoint (/metrics); "" turns it off',
 }
+_SECURITY_DOCS = {
+    "default_seccomp": (
+        "seccomp for containers whose request names no profile: unconfined (the CRI's "
+        "default) or runtime/default"
+    ),
+}
+# The [security] default_seccomp words and what they mean.
+DEFAULT_SECCOMP = {
+    "unconfined": SeccompKind.UNCONFINED,
+    "runtime/default": SeccompKind.RUNTIME_DEFAULT,
+}
 _STREAMING_DOCS = {
     "address": "host:port of the exec/attach/port-forward server; port 0 = any free port",
 }
@@ -109,6 +121,7 @@ def parse_config(raw: dict[str, Any], source: str = "config") -> Config:
     images_raw = dict(_typed(raw.pop("images", {}), dict, source, "images"))
     metrics_raw = dict(_typed(raw.pop("metrics", {}), dict, source, "metrics"))
     streaming_raw = dict(_typed(raw.pop("streaming", {}), dict, source, "streaming"))
+    security_raw = dict(_typed(raw.pop("security", {}), dict, source, "security"))
     handlers_raw = runtime_raw.pop("handlers", None)
     _reject_unknown(raw, {*_TOP_DOCS}, source, "")
     _reject_unknown(runtime_raw, {*_RUNTIME_DOCS}, source, "runtime.")
@@ -116,6 +129,7 @@ def parse_config(raw: dict[str, Any], source: str = "config") -> Config:
     _reject_unknown(images_raw, {*_IMAGES_DOCS}, source, "images.")
     _reject_unknown(metrics_raw, {*_METRICS_DOCS}, source, "metrics.")
     _reject_unknown(streaming_raw, {*_STREAMING_DOCS}, source, "streaming.")
+    _reject_unknown(security_raw, {*_SECURITY_DOCS}, source, "security.")
 
     defaults = Config()
     rt: dict[str, Any] = {}
@@ -153,6 +167,13 @@ def parse_config(raw: dict[str, Any], source: str = "config") -> Config:
                 "network.cni_plugin_timeout_s",
             )
         )
+    if "default_seccomp" in security_raw:
+        word = _typed(security_raw["default_seccomp"], str, source, "security.default_seccomp")
+        if word not in DEFAULT_SECCOMP:
+            raise ConfigError(
+                f"{source}: security.default_seccomp {word!r}: {' or '.join(DEFAULT_SECCOMP)}"
+            )
+        rt["default_seccomp"] = DEFAULT_SECCOMP[word]
     if handlers_raw is not None:
         rt["handlers"] = _parse_handlers(handlers_raw, source)
     if images_raw:
@@ -300,6 +321,12 @@ def render_config(config: Config) -> str:
     lines += ["", "[images]"]
     lines += [_line(k, getattr(rt.images, k), doc) for k, doc in _IMAGES_DOCS.items()]
     lines += ["", "[metrics]", _line("address", config.metrics_address, _METRICS_DOCS["address"])]
+    seccomp_word = next(w for w, k in DEFAULT_SECCOMP.items() if k is rt.default_seccomp)
+    lines += [
+        "",
+        "[security]",
+        _line("default_seccomp", seccomp_word, _SECURITY_DOCS["default_seccomp"]),
+    ]
     lines += [
         "",
         "[streaming]",

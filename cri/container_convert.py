@@ -148,12 +148,6 @@ def resources_to_proto(r: Resources) -> Any:
 def _security(sc: Any) -> ContainerSecurity:
     field = "config.linux.security_context"
     ns = sc.namespace_options
-    seccomp = Seccomp()
-    if sc.HasField("seccomp"):
-        kind = enum_value(_SECCOMP, sc.seccomp.profile_type, f"{field}.seccomp.profile_type")
-        if kind is SeccompKind.LOCALHOST and not sc.seccomp.localhost_ref:
-            raise InvalidArgument(f"{field}.seccomp.localhost_ref is empty for a Localhost profile")
-        seccomp = Seccomp(kind, sc.seccomp.localhost_ref)
     return ContainerSecurity(
         strict_supplemental_groups=sc.supplemental_groups_policy
         == pb.SupplementalGroupsPolicy.Strict,
@@ -170,7 +164,7 @@ def _security(sc: Any) -> ContainerSecurity:
         no_new_privs=sc.no_new_privs,
         capabilities_add=list(sc.capabilities.add_capabilities),
         capabilities_drop=list(sc.capabilities.drop_capabilities),
-        seccomp=seccomp,
+        seccomp=_seccomp(sc, field),
         masked_paths=list(sc.masked_paths),
         readonly_paths=list(sc.readonly_paths),
         namespaces=NamespaceOptions(
@@ -184,6 +178,27 @@ def _security(sc: Any) -> ContainerSecurity:
                 f"{field}.namespace_options.userns_options",
             ),
         ),
+    )
+
+
+def _seccomp(sc: Any, field: str) -> Seccomp:
+    """The profile the request names, in the `seccomp` message or the deprecated string."""
+    if sc.HasField("seccomp"):
+        kind = enum_value(_SECCOMP, sc.seccomp.profile_type, f"{field}.seccomp.profile_type")
+        if kind is SeccompKind.LOCALHOST and not sc.seccomp.localhost_ref:
+            raise InvalidArgument(f"{field}.seccomp.localhost_ref is empty for a Localhost profile")
+        return Seccomp(kind, sc.seccomp.localhost_ref)
+    path = sc.seccomp_profile_path
+    if not path:
+        return Seccomp()
+    if path in ("runtime/default", "docker/default"):
+        return Seccomp(SeccompKind.RUNTIME_DEFAULT)
+    if path == "unconfined":
+        return Seccomp(SeccompKind.UNCONFINED)
+    if path.startswith("localhost/") and len(path) > len("localhost/"):
+        return Seccomp(SeccompKind.LOCALHOST, path.removeprefix("localhost/"))
+    raise InvalidArgument(
+        f"{field}.seccomp_profile_path {path!r}: runtime/default, unconfined or localhost/<path>"
     )
 
 

@@ -32,9 +32,9 @@ class ContainerRpcs(Handlers):
         return pb.StartContainerResponse()
 
     async def StopContainer(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        if request.timeout < 0:
-            raise InvalidArgument(f"timeout {request.timeout} is negative")
-        await self.runtime.containers.stop(_id(request.container_id), float(request.timeout))
+        # The kubelet may send a negative grace period: it means "kill now", as 0 does.
+        timeout_s = float(max(request.timeout, 0))
+        await self.runtime.containers.stop(_id(request.container_id), timeout_s)
         return pb.StopContainerResponse()
 
     async def RemoveContainer(self, request: Any, context: grpc.aio.ServicerContext) -> Any:

@@ -63,14 +63,21 @@ def sandbox_config_from_proto(request: Any) -> SandboxConfig:
     if config.HasField("dns_config"):
         d = config.dns_config
         dns = DnsConfig(list(d.servers), list(d.searches), list(d.options))
-    ports = []
+    ports: list[PortMapping] = []
     for i, p in enumerate(config.port_mappings):
         protocol = enum_value(_PROTOCOLS, p.protocol, f"config.port_mappings[{i}].protocol")
         for name in ("container_port", "host_port"):
             port = getattr(p, name)
             if not 0 <= port <= 65535:
                 raise InvalidArgument(f"config.port_mappings[{i}].{name} {port} is out of range")
-        ports.append(PortMapping(protocol, p.container_port, p.host_port, p.host_ip))
+        mapping = PortMapping(protocol, p.container_port, p.host_port, p.host_ip)
+        for j, earlier in enumerate(ports):
+            if _same_host_port(earlier, mapping):
+                raise InvalidArgument(
+                    f"config.port_mappings[{i}] publishes host port {p.host_port}/"
+                    f"{protocol.value} that config.port_mappings[{j}] publishes already"
+                )
+        ports.append(mapping)
     return SandboxConfig(
         metadata=PodMetadata(md.name, md.uid, md.namespace, md.attempt),
         hostname=config.hostname,
@@ -92,6 +99,14 @@ def sandbox_config_from_proto(request: Any) -> SandboxConfig:
         ),
         privileged=linux.security_context.privileged,
         runtime_handler=request.runtime_handler,
+    )
+
+
+def _same_host_port(a: PortMapping, b: PortMapping) -> bool:
+    """Both publish one host port: hostPort 0 publishes none, and "" binds every address."""
+    same_address = a.host_ip == b.host_ip or "" in (a.host_ip, b.host_ip)
+    return (
+        a.host_port != 0 and (a.host_port, a.protocol) == (b.host_port, b.protocol) and same_address
     )
 
 

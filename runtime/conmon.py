@@ -11,11 +11,11 @@ import asyncio
 import contextlib
 import errno
 import json
-import math
 import os
 import shutil
 import signal
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,12 +23,13 @@ from typing import Any
 import structlog
 
 from runtime.oci_runtime import OciRuntime, runtime_message
+from runtime.processes import kill_tree
 
 log = structlog.get_logger(__name__)
 
 # Long enough for a slow runtime on a loaded node; the runtime itself has no timeout.
 _CREATE_TIMEOUT_S = 60.0
-# conmon's own deadline (-T) should fire first; this one catches a conmon that hangs.
+# After an exec's deadline: how long its kill and conmon's report of it may take.
 _EXEC_GRACE_S = 5.0
 _DEFAULT_OUTPUT_CAP = 16 * 1024 * 1024
 _ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}
@@ -121,9 +122,11 @@ async def exec_sync(
 ) -> ExecResult:
     """Run a process in the container to completion; timeout_s == 0 means no deadline.
 
-    conmon -T kills the exec'd process itself at the deadline (a runtime exec under a plain
-    subprocess timeout would leave it running). Output comes back through conmon's k8s-file
-    log, as in CRI-O, because that is the only place conmon separates stdout from stderr.
+    At the deadline, or when the caller goes away, the exec'd process and every process it
+    started are killed before this returns. The agent keeps the deadline rather than conmon's
+    -T, which kills the exec'd process alone (its children live on) and only in whole seconds.
+    Output comes back through conmon's k8s-file log, as in CRI-O, because that is the only
+    place conmon separates stdout from stderr.
     """
     runtime_path, runtime_args = runtime.runtime_argv_for_conmon()
     # A directory of its own: conmon creates files in its bundle dir and must not touch
@@ -144,24 +147,41 @@ async def exec_sync(
             # Both streams and their framing share this cap; each is cut to output_cap below.
             "--log-global-size-max", str(2 * output_cap + 64 * 1024), "--log-level", "info",
         ]  # fmt: skip
-        if timeout_s > 0:
-            argv += ["-T", str(max(1, math.ceil(timeout_s)))]
-        deadline_s = timeout_s + _EXEC_GRACE_S if timeout_s > 0 else None
+        run = asyncio.ensure_future(_run_conmon(argv, start=False, until="exit_code"))
+        timed_out = False
         try:
-            message = await asyncio.wait_for(
-                _run_conmon(argv, start=False, until="exit_code"), deadline_s
-            )
+            message = await asyncio.wait_for(asyncio.shield(run), timeout_s or None)
         except TimeoutError:
-            _kill_pidfile(scratch / "pidfile")
-            message = {"exit_code": -1, "message": "command timed out"}
+            timed_out = True
+            message = await _end_exec(run, scratch / "pidfile")
+        except asyncio.CancelledError:
+            await _end_exec(run, scratch / "pidfile")
+            raise
         exit_code = message.get("exit_code", -1)
-        timed_out = exit_code == -1 and "timed out" in str(message.get("message", ""))
         if not isinstance(exit_code, int) or (exit_code < 0 and not timed_out):
             raise ConmonError(f"exec in {container_id}: {message.get('message') or message}")
         stdout, stderr = await asyncio.to_thread(_parse_k8s_file, log_file, output_cap)
         return ExecResult(exit_code, stdout, stderr, timed_out)
     finally:
         await asyncio.to_thread(shutil.rmtree, scratch, ignore_errors=True)
+
+
+async def _end_exec(run: asyncio.Future[dict[str, Any]], pidfile: Path) -> dict[str, Any]:
+    """Kill the exec'd process tree, then take conmon's report of its end; a conmon that
+    does not report within the grace period is killed (cancelling `run` does that)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + _EXEC_GRACE_S
+    while not run.done() and loop.time() < deadline:
+        pid = await asyncio.to_thread(_pid_in, pidfile)
+        if pid is not None:
+            await asyncio.to_thread(kill_tree, pid)
+            break
+        # The runtime has not started the process yet: its pid file comes with it.
+        await asyncio.wait([run], timeout=0.01)
+    try:
+        return await asyncio.wait_for(run, max(deadline - loop.time(), 0.1))
+    except TimeoutError:
+        return {"exit_code": -1, "message": "conmon did not report the killed exec's end"}
 
 
 def _exec_scratch(bundle: Path, process_spec: dict[str, Any]) -> Path:
@@ -171,8 +191,10 @@ def _exec_scratch(bundle: Path, process_spec: dict[str, Any]) -> Path:
     return scratch
 
 
-def reopen_log(bundle: Path) -> None:
-    """Ask conmon to reopen the container's log file (after the kubelet rotated it)."""
+def reopen_log(bundle: Path, log_path: Path | None = None, timeout_s: float = 5.0) -> None:
+    """Ask conmon to reopen the container's log file (after the kubelet rotated it), and
+    return once log_path exists again: the kubelet stats the new file right after the call.
+    Blocking: run it in a thread."""
     ctl = bundle / "ctl"
     try:
         fd = os.open(ctl, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
@@ -184,6 +206,15 @@ def reopen_log(bundle: Path) -> None:
         os.write(fd, b"2 0 0\n")
     finally:
         os.close(fd)
+    if log_path is None:
+        return
+    deadline = time.monotonic() + timeout_s
+    delay_s = 0.0005
+    while not log_path.exists():
+        if time.monotonic() > deadline:
+            raise ConmonError(f"conmon did not reopen {log_path} within {timeout_s} s")
+        time.sleep(delay_s)
+        delay_s = min(delay_s * 2, 0.02)
 
 
 def read_exit_code(exit_dir: Path, container_id: str) -> int | None:
@@ -308,9 +339,11 @@ def _read_pid(path: Path) -> int:
     return int(path.read_text().strip())
 
 
-def _kill_pidfile(path: Path) -> None:
-    with contextlib.suppress(OSError, ValueError):
-        os.kill(_read_pid(path), signal.SIGKILL)
+def _pid_in(path: Path) -> int | None:
+    try:
+        return _read_pid(path)
+    except (OSError, ValueError):
+        return None
 
 
 def _parse_k8s_file(log_file: Path, cap: int) -> tuple[bytes, bytes]:

@@ -28,10 +28,12 @@ from runtime.container_setup import (
 )
 from runtime.container_store import ContainerStore
 from runtime.errors import FailedPrecondition, InvalidArgument, NotFound
+from runtime.executable import check_command
 from runtime.image_user import resolve_user
 from runtime.images.overlay import bind_staged, mount_overlay
 from runtime.model import Sandbox, UserNamespace
 from runtime.oci_spec import SpecInputs, build_spec, prepare_mount_sources
+from runtime.resource_limits import check_resources
 from runtime.seccomp import load_profile
 from runtime.seccomp_bpf import SeccompFilters
 from runtime.settings import RuntimeSettings
@@ -88,6 +90,15 @@ class ContainerBuilder:
                     cgroup_v2=self.cgroups.unified_root is not None and not self.cgroups.v1_roots,
                 )
             )
+            process = spec["process"]
+            check_command(
+                paths.rootfs,
+                process["args"],
+                env=process.get("env", []),
+                cwd=process.get("cwd", "/"),
+                mounts=config.mounts,
+                image=config.image,
+            )
             if filters is not None:
                 filters.annotate(spec)
             write_spec(paths, spec)
@@ -98,7 +109,8 @@ class ContainerBuilder:
 
     def _seccomp(self, config: ContainerConfig) -> dict[str, Any] | None:
         seccomp = config.security.seccomp
-        if config.security.privileged or seccomp.kind is SeccompKind.UNCONFINED:
+        kind = seccomp.kind or self.settings.default_seccomp
+        if config.security.privileged or kind is SeccompKind.UNCONFINED:
             return None
         if seccomp.kind is SeccompKind.LOCALHOST:
             try:
@@ -209,6 +221,18 @@ def validate(config: ContainerConfig) -> None:
         raise InvalidArgument("config.metadata.name is empty")
     if not config.image:
         raise InvalidArgument("config.image.image is empty")
+    check_resources(config.resources, "config.linux.resources")
+    security = config.security
+    for name, value in (
+        ("run_as_user", security.run_as_user),
+        ("run_as_group", security.run_as_group),
+    ):
+        if value is not None and value < 0:
+            raise InvalidArgument(f"config.linux.security_context.{name} {value} is negative")
+    if negative := [g for g in security.supplemental_groups if g < 0]:
+        raise InvalidArgument(
+            f"config.linux.security_context.supplemental_groups holds {negative[0]}, a negative gid"
+        )
     if config.log_path:
         path = PurePosixPath(config.log_path)
         if path.is_absolute() or ".." in path.parts:

@@ -71,7 +71,9 @@ class SeccompKind(enum.Enum):
 
 @dataclass(frozen=True)
 class Seccomp:
-    kind: SeccompKind = SeccompKind.RUNTIME_DEFAULT
+    # None: the request named no profile; the node's default_seccomp decides (the CRI's
+    # default is Unconfined: the kubelet asks for RuntimeDefault when it wants it).
+    kind: SeccompKind | None = None
     # The profile file on the node, for LOCALHOST.
     localhost_path: str = ""
 

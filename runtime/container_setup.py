@@ -78,10 +78,18 @@ def volumes_dir(paths: ContainerPaths) -> Path:
     return paths.rootfs.parent / "volumes"
 
 
-def remove_files(paths: ContainerPaths) -> None:
+def release_volume_mounts(paths: ContainerPaths) -> None:
+    """Detach the staged binds and image volumes from the host once the runtime's create has
+    bound them into the container's mount namespace, which keeps its own copies. Left on the
+    host, a staged copy of a host tree would pin it: the kubelet could not unmount or remove
+    a volume under it while the pod runs."""
     with contextlib.suppress(FileNotFoundError):
         for volume in volumes_dir(paths).iterdir():
             unmount(volume, detach=True)
+
+
+def remove_files(paths: ContainerPaths) -> None:
+    release_volume_mounts(paths)
     unmount(paths.rootfs)
     shutil.rmtree(paths.rootfs.parent, ignore_errors=True)
     shutil.rmtree(paths.bundle, ignore_errors=True)

@@ -20,6 +20,7 @@ import structlog
 
 from runtime.cgroups import CgroupLayout
 from runtime.conmon import (
+    ConmonError,
     ContainerCreateError,
     create_container,
     exec_sync,
@@ -47,6 +48,7 @@ from runtime.container_setup import (
     ContainerPaths,
     container_cgroup_path,
     exec_process_spec,
+    release_volume_mounts,
     remove_files,
 )
 from runtime.container_store import ContainerStore, reserved_name
@@ -63,6 +65,7 @@ from runtime.in_flight import InFlight
 from runtime.model import Sandbox, SandboxState
 from runtime.oci_runtime import OciRuntime, OciRuntimeError
 from runtime.oci_spec import resources_to_oci
+from runtime.resource_limits import check_resources
 from runtime.sandbox_store import SandboxStore
 from runtime.seccomp_bpf import SeccompFilters
 from runtime.settings import RuntimeSettings
@@ -141,10 +144,16 @@ class ContainerManager:
     async def drain(self) -> None:
         await self._in_flight.drain()
 
-    async def _create(self, sandbox_id: str, config: ContainerConfig) -> Container:
+    def _ready_sandbox(self, sandbox_id: str) -> Sandbox:
         sandbox = self.sandboxes.get(sandbox_id)
         if sandbox.state is not SandboxState.READY:
-            raise FailedPrecondition(f"pod sandbox {sandbox.id} is not ready")
+            raise FailedPrecondition(
+                f"pod sandbox {sandbox.id} is not ready (stopped): its containers cannot run"
+            )
+        return sandbox
+
+    async def _create(self, sandbox_id: str, config: ContainerConfig) -> Container:
+        sandbox = self._ready_sandbox(sandbox_id)
         validate(config)
         image = self.images.find(config.image)
         if image is None:
@@ -206,6 +215,7 @@ class ContainerManager:
             if isinstance(exc, ContainerCreateError):
                 raise ContainerRuntimeFailed(f"creating container {config.name!r}: {exc}") from None
             raise
+        await asyncio.to_thread(release_volume_mounts, paths)
         if filters is not None:
             await asyncio.to_thread(filters.learn, built.spec, runtime.state_root / container_id)
         self._exited[container_id] = asyncio.Event()
@@ -247,6 +257,8 @@ class ContainerManager:
 
     async def _start(self, id_or_prefix: str) -> None:
         async with self._locked(id_or_prefix) as container:
+            # First: stopping the pod also ends the containers it never started.
+            self._ready_sandbox(container.sandbox_id)
             if container.state is not ContainerState.CREATED:
                 raise FailedPrecondition(
                     f"container {container.id} is {container.state.value}, not created"
@@ -279,8 +291,15 @@ class ContainerManager:
                 self._publish(EventKind.STOPPED, started)
 
     async def _stop(self, id_or_prefix: str, timeout_s: float) -> None:
-        async with self._locked(id_or_prefix) as container:
-            await self._stop_locked(container, timeout_s)
+        # The CRI makes stop idempotent: the kubelet retries it after restarts, for
+        # containers that may be gone.
+        found = self.store.find(id_or_prefix)
+        if found is None:
+            return
+        async with self._lock(found.id):
+            current = self.store.find(found.id)
+            if current is not None:
+                await self._stop_locked(current, timeout_s)
 
     async def _stop_locked(self, container: Container, timeout_s: float) -> None:
         if container.state is not ContainerState.RUNNING:
@@ -334,6 +353,7 @@ class ContainerManager:
         self._locks.pop(container.id, None)
 
     async def update_resources(self, id_or_prefix: str, resources: Resources) -> Container:
+        check_resources(resources, "linux")
         async with self._locked(id_or_prefix) as container:
             if container.state not in (ContainerState.CREATED, ContainerState.RUNNING):
                 raise FailedPrecondition(
@@ -354,8 +374,15 @@ class ContainerManager:
     async def reopen_log(self, id_or_prefix: str) -> None:
         container = self.store.get(id_or_prefix)
         if container.state is not ContainerState.RUNNING:
-            raise FailedPrecondition(f"container {container.id} is not running")
-        await asyncio.to_thread(reopen_log, Path(container.bundle))
+            raise FailedPrecondition(
+                f"container {container.id} is {container.state.value}, not running: "
+                "no log to reopen"
+            )
+        log_path = Path(container.log_path) if container.log_path else None
+        try:
+            await asyncio.to_thread(reopen_log, Path(container.bundle), log_path)
+        except ConmonError as exc:
+            raise ContainerRuntimeFailed(f"container {container.id}: {exc}") from None
 
     async def exec_sync(
         self, id_or_prefix: str, command: list[str], timeout_s: float
@@ -367,15 +394,18 @@ class ContainerManager:
             raise InvalidArgument("cmd is empty")
         paths = ContainerPaths.of(self.settings, container.id)
         process = await asyncio.to_thread(exec_process_spec, paths, command)
-        result = await exec_sync(
-            self.settings.conmon_path,
-            self.runtimes[container.runtime_handler],
-            container_id=container.id,
-            bundle=paths.bundle,
-            process_spec=process,
-            timeout_s=timeout_s,
-            output_cap=EXEC_OUTPUT_CAP,
-        )
+        try:
+            result = await exec_sync(
+                self.settings.conmon_path,
+                self.runtimes[container.runtime_handler],
+                container_id=container.id,
+                bundle=paths.bundle,
+                process_spec=process,
+                timeout_s=timeout_s,
+                output_cap=EXEC_OUTPUT_CAP,
+            )
+        except ConmonError as exc:
+            raise ContainerRuntimeFailed(f"exec of {command!r}: {exc}") from None
         if result.timed_out:
             raise DeadlineExceeded(
                 f"command {command!r} in container {container.id} timed out after {timeout_s} s"

@@ -95,7 +95,9 @@ def resolve_user(rootfs: Path, security: ContainerSecurity, image_user: str) -> 
     return ProcessUser(
         uid=uid,
         gid=gid,
-        additional_gids=_unique_except([*member_of, *security.supplemental_groups], gid),
+        # The primary gid leads the list, as in containerd: the process holds it among its
+        # groups (`id -G`), and ContainerStatus reports exactly what the process holds.
+        additional_gids=_unique([gid, *security.supplemental_groups, *member_of]),
         username=username,
         home=entry.home if entry and entry.home else "/",
     )
@@ -143,14 +145,8 @@ def _by_name(passwd: list[PasswdEntry], name: str) -> PasswdEntry | None:
     return next((e for e in passwd if e.name == name), None)
 
 
-def _unique_except(gids: list[int], primary: int) -> list[int]:
-    seen = {primary}
-    unique = []
-    for gid in gids:
-        if gid not in seen:
-            seen.add(gid)
-            unique.append(gid)
-    return unique
+def _unique(gids: list[int]) -> list[int]:
+    return list(dict.fromkeys(gids))
 
 
 def read_passwd(rootfs: Path) -> list[PasswdEntry]:

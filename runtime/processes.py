@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import time
@@ -66,3 +67,44 @@ def kill_and_wait(proc: InfraProcess, timeout_s: float = 5.0) -> None:
             raise TimeoutError(f"process {proc.pid} did not exit after SIGKILL")
         time.sleep(delay)
         delay = min(delay * 2, 0.02)
+
+
+def kill_tree(root_pid: int) -> list[int]:
+    """SIGKILL a process and all its descendants; returns the pids signalled.
+
+    Killing only the root would reparent its children to the pid namespace's init, where
+    nothing ties them to the root any more. So the tree is stopped first, level by level
+    until no new descendant appears (a stopped process cannot fork), then killed whole.
+    """
+    stopped: set[int] = set()
+    while True:
+        tree = {root_pid} | _descendants(root_pid)
+        new = tree - stopped
+        if not new:
+            break
+        for pid in new:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGSTOP)
+        stopped |= new
+    for pid in stopped:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    return sorted(stopped)
+
+
+def _descendants(root_pid: int) -> set[int]:
+    children: dict[int, list[int]] = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        fields = _stat_fields(int(entry.name))
+        if fields is not None:
+            children.setdefault(int(fields[1]), []).append(int(entry.name))
+    found: set[int] = set()
+    pending = [root_pid]
+    while pending:
+        for child in children.get(pending.pop(), []):
+            if child not in found:
+                found.add(child)
+                pending.append(child)
+    return found

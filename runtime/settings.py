@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from network.bridge_network import BridgeSettings
+from runtime.container_model import SeccompKind
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,9 @@ class RuntimeSettings:
     )
     conmon_path: Path = Path("/usr/bin/conmon")
     seccomp_profile: Path = Path("/usr/share/containers/seccomp.json")
+    # For containers whose request names no seccomp profile: the CRI's Unconfined, or
+    # RuntimeDefault on nodes that want every container filtered.
+    default_seccomp: SeccompKind = SeccompKind.UNCONFINED
     cgroup_driver: str = "cgroupfs"
     default_cgroup_parent: str = "/moorage"
     infra_command: tuple[str, ...] = ("/usr/bin/catatonit", "-P")

@@ -5,7 +5,8 @@ random payload of `large`, so a layout's digests only change when this file does
 
 What each image holds, so pull tests know what to look for:
 
-- single: busybox in /bin with applet symlinks, /etc/passwd and /etc/group (root, app 1000:1000)
+- single: busybox in /bin with applet symlinks, /etc/passwd and /etc/group (root, app 1000:1000,
+  app also in group extra 50000)
 - user: single, run as User "1000:1000"
 - multi: base; then /data/{a,b}.txt, /data/dir/c.txt, hardlink /data/hard.txt -> b.txt,
   symlink /data/link.txt -> b.txt; then whiteout of a.txt and an opaque /data/dir holding only
@@ -42,7 +43,8 @@ APPLETS = (
 )  # fmt: skip
 
 PASSWD = b"root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000:app:/home/app:/bin/sh\n"
-GROUP = b"root:x:0:\napp:x:1000:\n"
+# app is also a member of extra (50000): the groups the image gives its user.
+GROUP = b"root:x:0:\napp:x:1000:\nextra:x:50000:app\n"
 # Path -> content of every regular file under /data once all of multi's layers are applied.
 MULTI_FINAL = {
     "data/b.txt": b"bee\n",

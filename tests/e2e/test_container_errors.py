@@ -13,7 +13,14 @@ import pytest
 from cri_api.v1 import api_pb2 as pb
 
 from tests.e2e.agent import Agent
-from tests.e2e.containers import Pod, container_config, list_containers, pulled
+from tests.e2e.containers import (
+    Pod,
+    container_config,
+    list_containers,
+    pulled,
+    status,
+    wait_for_exit,
+)
 from tests.e2e.pods import assert_rpc_error
 from tests.registry_fixture import LocalRegistry
 from tests.registry_push import add_file, push_image, tar_of
@@ -61,8 +68,45 @@ def bad_requests(image: str, tmp: Path) -> dict[str, tuple[Callable[[Any], None]
     def group_without_user(config: Any) -> None:
         config.linux.security_context.run_as_group.value = 5
 
+    def resources(**fields: Any) -> Callable[[Any], None]:
+        def change(config: Any) -> None:
+            config.linux.resources.CopyFrom(pb.LinuxContainerResources(**fields))
+
+        return change
+
+    def negative_user(config: Any) -> None:
+        config.linux.security_context.run_as_user.value = -1
+
+    def negative_group(config: Any) -> None:
+        config.linux.security_context.supplemental_groups.append(-7)
+
+    def missing_binary(config: Any) -> None:
+        config.command[:] = ["/no/such/binary"]
+
+    def missing_name(config: Any) -> None:
+        config.command[:] = ["no-such-command", "arg"]
+
     invalid = grpc.StatusCode.INVALID_ARGUMENT
     return {
+        "negative memory": (resources(memory_limit_in_bytes=-1), invalid, "memory_limit"),
+        "tiny cpu quota": (resources(cpu_quota=5), invalid, "cpu_quota"),
+        "negative cpu quota": (resources(cpu_quota=-5), invalid, "cpu_quota"),
+        "cpu period": (resources(cpu_period=5_000_000), invalid, "cpu_period"),
+        "cpu shares": (resources(cpu_shares=-3), invalid, "cpu_shares"),
+        "oom score": (resources(oom_score_adj=1001), invalid, "oom_score_adj"),
+        "cpuset garbage": (resources(cpuset_cpus="0-x"), invalid, "cpuset_cpus"),
+        "cpuset backwards": (resources(cpuset_cpus="3-1"), invalid, "cpuset_cpus"),
+        "cpuset absent cpu": (resources(cpuset_cpus="4095"), invalid, "cpuset_cpus"),
+        "cpuset mems": (resources(cpuset_mems="zero"), invalid, "cpuset_mems"),
+        "swap below memory": (
+            resources(memory_limit_in_bytes=64 << 20, memory_swap_limit_in_bytes=32 << 20),
+            invalid,
+            "memory_swap_limit",
+        ),
+        "negative run_as_user": (negative_user, invalid, "run_as_user"),
+        "negative group": (negative_group, invalid, "supplemental_groups"),
+        "missing binary": (missing_binary, invalid, "/no/such/binary"),
+        "missing command": (missing_name, invalid, "no-such-command"),
         "unknown user": (set_user, invalid, "nobody-here"),
         "log path escapes": (escape_log, invalid, "log_path"),
         "absolute log path": (absolute_log, invalid, "log_path"),
@@ -73,18 +117,10 @@ def bad_requests(image: str, tmp: Path) -> dict[str, tuple[Callable[[Any], None]
     }
 
 
-@pytest.mark.parametrize(
-    "case",
-    [
-        "unknown user",
-        "log path escapes",
-        "absolute log path",
-        "not a device",
-        "empty name",
-        "unknown image",
-        "group without user",
-    ],
-)
+BAD_REQUESTS = list(bad_requests("", Path()))
+
+
+@pytest.mark.parametrize("case", BAD_REQUESTS)
 def test_a_bad_container_config_fails_cleanly(
     agent: Agent, image: str, tmp_path: Path, case: str
 ) -> None:
@@ -119,24 +155,43 @@ def test_an_image_without_a_command_needs_one_from_the_request(
     assert_nothing_left(agent, pod)
 
 
-def test_a_command_missing_from_the_image_fails_at_create_or_start(
-    agent: Agent, image: str
+def test_a_command_a_volume_provides_is_not_looked_up_in_the_image(
+    agent: Agent, image: str, tmp_path: Path
 ) -> None:
+    tool = tmp_path / "tools" / "hello"
+    tool.parent.mkdir()
+    tool.write_text("#!/bin/sh\necho from the volume\n")
+    tool.chmod(0o755)
     pod = Pod(agent)
-    config = container_config(image, ["/no/such/binary"])
-    try:
-        container_id = pod.create(config)
-    except grpc.RpcError as exc:
-        assert "/no/such/binary" in exc.details() or "no such file" in exc.details().lower()
-        assert_nothing_left(agent, pod)
-        return
-    with pytest.raises(grpc.RpcError):
-        agent.runtime.StartContainer(pb.StartContainerRequest(container_id=container_id))
-    final = agent.runtime.ContainerStatus(
-        pb.ContainerStatusRequest(container_id=container_id)
-    ).status
-    assert final.state == pb.CONTAINER_EXITED
-    assert final.reason == "ContainerCannotRun"
+    config = container_config(image, ["/opt/tools/hello"])
+    config.mounts.append(pb.Mount(container_path="/opt/tools", host_path=str(tool.parent)))
+
+    container_id = pod.run(config)
+
+    assert wait_for_exit(agent, container_id).exit_code == 0
+
+
+def test_a_bad_resource_update_is_invalid_and_keeps_the_limits(agent: Agent, image: str) -> None:
+    pod = Pod(agent)
+    limits = pb.LinuxContainerResources(memory_limit_in_bytes=64 << 20)
+    config = container_config(
+        image, ["sleep", "60"], linux=pb.LinuxContainerConfig(resources=limits)
+    )
+    container_id = pod.run(config)
+
+    assert_rpc_error(
+        lambda: agent.runtime.UpdateContainerResources(
+            pb.UpdateContainerResourcesRequest(
+                container_id=container_id,
+                linux=pb.LinuxContainerResources(cpu_quota=10, memory_limit_in_bytes=32 << 20),
+            )
+        ),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "linux.cpu_quota",
+    )
+
+    kept = status(agent, container_id).status.resources.linux
+    assert kept.memory_limit_in_bytes == 64 << 20
 
 
 def test_containers_need_a_ready_pod(agent: Agent, image: str) -> None:

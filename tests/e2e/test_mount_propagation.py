@@ -217,3 +217,24 @@ def test_removing_a_recursive_read_only_container_leaves_the_host_tree_alone(
         if container_id in line
     ]
     assert staged == []
+
+
+@pytest.mark.parametrize("handler", ["crun", "runc"])
+def test_a_recursive_read_only_mount_does_not_pin_the_host_tree(
+    agent: Agent, image: str, tree_with_submount: Path, handler: str
+) -> None:
+    """Regression: the read-only copy staged on the host stayed mounted while the container
+    ran, so the kubelet could not remove the volume's directory (EBUSY)."""
+    pod = Pod(agent, runtime_handler=handler)
+    container_id = pod.run(read_only_mount(image, tree_with_submount, recursive=True))
+
+    subprocess.run(["umount", str(tree_with_submount / "sub")], check=True)
+    (tree_with_submount / "sub").rmdir()
+
+    staged = f"{container_id}/volumes"
+    assert staged not in Path("/proc/self/mountinfo").read_text()
+    assert exec_sync(agent, container_id, ["ls", "/vol"]).exit_code == 0
+    written = touch(agent, container_id, "/vol/file")
+    assert written.exit_code != 0
+    assert b"Read-only file system" in written.stderr
+    tree_with_submount.rmdir()

@@ -156,6 +156,32 @@ def test_out_of_range_port_is_invalid(agent: Agent) -> None:
     _assert_nothing_left(agent)
 
 
+def test_one_host_port_published_twice_by_a_pod_is_invalid(agent: Agent) -> None:
+    """Regression: the second mapping silently replaced the first one's DNAT rule."""
+    config = pod_config()
+    config.port_mappings.add(protocol=pb.TCP, container_port=80, host_port=18080)
+    config.port_mappings.add(protocol=pb.TCP, container_port=81, host_port=18080)
+
+    assert_rpc_error(lambda: agent.run_pod(config), INVALID, "port_mappings[1]", "18080")
+    _assert_nothing_left(agent)
+
+
+def test_one_host_port_for_two_protocols_or_addresses_is_valid(agent: Agent) -> None:
+    config = pod_config()
+    config.port_mappings.add(protocol=pb.TCP, container_port=53, host_port=18053)
+    config.port_mappings.add(protocol=pb.UDP, container_port=53, host_port=18053)
+    config.port_mappings.add(
+        protocol=pb.TCP, container_port=80, host_port=18081, host_ip="127.0.0.1"
+    )
+    config.port_mappings.add(
+        protocol=pb.TCP, container_port=81, host_port=18081, host_ip="127.0.0.2"
+    )
+
+    pod_id = agent.run_pod(config)
+
+    assert agent.pod_status(pod_id).state == pb.SANDBOX_READY
+
+
 def test_status_with_an_empty_id_is_invalid(agent: Agent) -> None:
     assert_rpc_error(lambda: agent.pod_status(""), INVALID, "pod_sandbox_id")
 

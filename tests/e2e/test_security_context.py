@@ -164,6 +164,41 @@ def test_status_reports_the_user_the_process_runs_as(agent: Agent, image: str) -
     assert inside == {reported.gid, *reported.supplemental_groups}
 
 
+def groups_of_the_process(agent: Agent, container_id: str) -> list[int]:
+    """The Groups line of /proc/PID/status of the container's process, read on the host."""
+    pid = json.loads(status(agent, container_id, verbose=True).info["info"])["pid"]
+    lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    return [int(g) for g in next(ln for ln in lines if ln.startswith("Groups:")).split()[1:]]
+
+
+@pytest.mark.parametrize(
+    ("policy", "expected"),
+    [
+        (pb.SupplementalGroupsPolicy.Merge, [1000, 1234, 50000]),
+        (pb.SupplementalGroupsPolicy.Strict, [1000, 1234]),
+    ],
+    ids=["Merge", "Strict"],
+)
+def test_status_reports_every_group_the_process_holds(
+    agent: Agent, registry: LocalRegistry, policy: Any, expected: list[int]
+) -> None:
+    """Regression: the primary gid was missing from ContainerStatus.user.linux."""
+    user_image = pulled(agent, registry, "user")
+    container_id = Pod(agent).run(
+        secured(
+            user_image,
+            ["sleep", "60"],
+            supplemental_groups=[1234],
+            supplemental_groups_policy=policy,
+        )
+    )
+
+    reported = status(agent, container_id).status.user.linux
+    assert (reported.uid, reported.gid) == (1000, 1000)
+    assert sorted(reported.supplemental_groups) == expected
+    assert sorted(groups_of_the_process(agent, container_id)) == expected
+
+
 # -- capabilities --------------------------------------------------------------------------
 
 

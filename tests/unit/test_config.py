@@ -9,6 +9,7 @@ import pytest
 
 import cri.config
 from cri.config import Config, ConfigError, config_as_dict, load_config, parse_config, render_config
+from runtime.container_model import SeccompKind
 from runtime.settings import ImageSettings, RuntimeHandlerSettings, RuntimeSettings
 
 
@@ -31,6 +32,7 @@ def _customised() -> Config:
             },
             conmon_path=Path("/usr/local/bin/conmon"),
             seccomp_profile=Path('/etc/seccomp/"quoted".json'),
+            default_seccomp=SeccompKind.RUNTIME_DEFAULT,
             cgroup_driver="systemd",
             default_cgroup_parent="kubepods.slice",
             infra_command=("/pause", "--name", "with space", "back\\slash"),
@@ -256,6 +258,23 @@ def test_handler_without_a_path_is_refused() -> None:
         _parse("[runtime.handlers.crun]\n")
 
 
+def test_unset_seccomp_profiles_are_unconfined_by_default() -> None:
+    assert Config().runtime.default_seccomp is SeccompKind.UNCONFINED
+
+
+def test_a_node_may_make_runtime_default_the_default_seccomp() -> None:
+    config = _parse('[security]\ndefault_seccomp = "runtime/default"')
+
+    assert config.runtime.default_seccomp is SeccompKind.RUNTIME_DEFAULT
+
+
+@pytest.mark.parametrize("word", ["localhost/x.json", "RuntimeDefault", ""])
+def test_another_default_seccomp_is_refused_naming_the_choices(word: str) -> None:
+    choices = r"security\.default_seccomp .* unconfined or runtime/default"
+    with pytest.raises(ConfigError, match=choices):
+        _parse(f'[security]\ndefault_seccomp = "{word}"')
+
+
 @pytest.mark.parametrize(
     ("text", "message"),
     [
@@ -297,8 +316,9 @@ def test_every_rendered_key_has_a_comment(config: Config) -> None:
     lines = render_config(config).splitlines()
     key_lines = [line for line in lines if "=" in line and not line.startswith("[")]
 
-    # 5 top-level, 7 [runtime], 8 [network], 6 [images] keys, and one path per handler.
-    assert len(key_lines) == 28 + len(config.runtime.handlers)
+    # 5 top-level, 7 [runtime], 8 [network], 6 [images], 1 [metrics], 1 [security],
+    # 1 [streaming] keys, and one path per handler.
+    assert len(key_lines) == 29 + len(config.runtime.handlers)
     for line in key_lines:
         value_and_comment = line.split(" = ", 1)[1]
         assert "  # " in value_and_comment, line

@@ -68,13 +68,13 @@ def test_run_as_user_wins_and_takes_the_gid_and_home_from_passwd(rootfs: Path) -
     security = ContainerSecurity(run_as_user=1000, run_as_username="daemon")
 
     assert resolve_user(rootfs, security, "root") == ProcessUser(
-        uid=1000, gid=1000, additional_gids=[10, 29], username="app", home="/home/app"
+        uid=1000, gid=1000, additional_gids=[1000, 10, 29], username="app", home="/home/app"
     )
 
 
 def test_run_as_user_not_in_passwd_gets_gid_0_and_home_slash(rootfs: Path) -> None:
     assert resolve_user(rootfs, ContainerSecurity(run_as_user=4242), "") == ProcessUser(
-        uid=4242, gid=0
+        uid=4242, gid=0, additional_gids=[0]
     )
 
 
@@ -101,7 +101,7 @@ def test_run_as_group_without_a_user_is_rejected(rootfs: Path) -> None:
 def test_run_as_group_overrides_the_primary_gid(rootfs: Path) -> None:
     user = resolve_user(rootfs, ContainerSecurity(run_as_user=1000, run_as_group=10), "")
 
-    assert (user.gid, user.additional_gids) == (10, [29])
+    assert (user.gid, user.additional_gids) == (10, [10, 29])
 
 
 @pytest.mark.parametrize(
@@ -137,12 +137,12 @@ def test_image_user_with_unknown_names_is_rejected(
         resolve_user(rootfs, ContainerSecurity(), image_user)
 
 
-def test_supplemental_groups_follow_member_groups_without_duplicates_or_the_primary(
+def test_groups_are_the_primary_then_the_requested_then_the_images_without_duplicates(
     rootfs: Path,
 ) -> None:
-    security = ContainerSecurity(run_as_username="app", supplemental_groups=[29, 1000, 7, 7, 10])
+    security = ContainerSecurity(run_as_username="app", supplemental_groups=[29, 1000, 7, 7])
 
-    assert resolve_user(rootfs, security, "").additional_gids == [10, 29, 7]
+    assert resolve_user(rootfs, security, "").additional_gids == [1000, 29, 7, 10]
 
 
 def test_strict_supplemental_groups_leave_out_the_images_memberships(rootfs: Path) -> None:
@@ -150,7 +150,7 @@ def test_strict_supplemental_groups_leave_out_the_images_memberships(rootfs: Pat
         run_as_username="app", supplemental_groups=[29, 7], strict_supplemental_groups=True
     )
 
-    assert resolve_user(rootfs, security, "").additional_gids == [29, 7]
+    assert resolve_user(rootfs, security, "").additional_gids == [1000, 29, 7]
 
 
 def test_empty_home_in_passwd_means_slash(rootfs: Path) -> None:
@@ -160,7 +160,7 @@ def test_empty_home_in_passwd_means_slash(rootfs: Path) -> None:
 def test_missing_account_files_mean_no_accounts(tmp_path: Path) -> None:
     user = resolve_user(tmp_path, ContainerSecurity(), "123:456")
 
-    assert user == ProcessUser(uid=123, gid=456)
+    assert user == ProcessUser(uid=123, gid=456, additional_gids=[456])
 
 
 def test_absolute_symlink_to_the_hosts_passwd_stays_inside_the_rootfs(tmp_path: Path) -> None:

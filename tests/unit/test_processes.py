@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from runtime.model import InfraProcess
-from runtime.processes import is_running, kill_and_wait, start_ticks
+from runtime.processes import is_running, kill_and_wait, kill_tree, start_ticks
+from tests.e2e.kernel import wait_until
 
 
 def _wait_for_exit_without_reaping(child: subprocess.Popen[bytes]) -> None:
@@ -111,3 +112,44 @@ def test_kill_and_wait_of_a_gone_process_returns() -> None:
     child.wait()
 
     kill_and_wait(proc, timeout_s=0.1)
+
+
+def test_kill_tree_kills_the_process_and_every_descendant() -> None:
+    """Regression: killing an exec'd shell alone left its children running."""
+    marker = f"moorage-kill-tree-{os.getpid()}"
+    root = subprocess.Popen(
+        ["sh", "-c", f"(sleep 300; : {marker}) & sh -c 'sleep 300; : {marker}' & wait"]
+    )
+    try:
+        assert wait_until(lambda: len(_descendants_of(root.pid)) >= 4)
+        tree = {root.pid, *_descendants_of(root.pid)}
+
+        killed = kill_tree(root.pid)
+
+        assert set(killed) == tree
+        root.wait(timeout=5)
+        assert wait_until(lambda: not any(is_live(pid) for pid in tree - {root.pid}))
+    finally:
+        root.kill()
+        root.wait()
+
+
+def _descendants_of(pid: int) -> set[int]:
+    found: set[int] = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat[stat.rindex(")") + 2 :].split()[1]) in {pid, *found}:
+                found.add(int(entry.name))
+    return found
+
+
+def is_live(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2] != "Z"
