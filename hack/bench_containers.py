@@ -17,6 +17,7 @@ import httpx
 from cri_api.v1 import api_pb2 as pb
 from cri_api.v1 import api_pb2_grpc
 
+from hack.bench_contract import bench_contract
 from tests.images_build import build_all
 from tests.registry_fixture import push, start_registry
 
@@ -202,6 +203,8 @@ def bench_containers(  # noqa: PLR0917
             )
             runtime.StopPodSandbox(pb.StopPodSandboxRequest(pod_sandbox_id=userns_pod))
             runtime.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=userns_pod))
+
+        bench_contract(runtime, image, timings)
 
         idle_kb = _rss_kb(agent_pid)
         ids = [first]
