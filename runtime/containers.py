@@ -210,12 +210,12 @@ class ContainerManager:
                 stdin=config.stdin,
                 stdin_once=config.stdin_once,
             )
+            await asyncio.to_thread(release_volume_mounts, paths)
         except BaseException as exc:
             await self._undo_create(container, sandbox, runtime)
             if isinstance(exc, ContainerCreateError):
                 raise ContainerRuntimeFailed(f"creating container {config.name!r}: {exc}") from None
             raise
-        await asyncio.to_thread(release_volume_mounts, paths)
         if filters is not None:
             await asyncio.to_thread(filters.learn, built.spec, runtime.state_root / container_id)
         self._exited[container_id] = asyncio.Event()
