@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import time
@@ -47,6 +48,18 @@ def wait_until(condition: Callable[[], bool], timeout_s: float = 5.0) -> bool:
         if time.monotonic() > deadline:
             return condition()
         time.sleep(delay_s)
+        delay_s = min(delay_s * 2, 0.1)
+    return True
+
+
+async def wait_until_async(condition: Callable[[], bool], timeout_s: float = 5.0) -> bool:
+    """wait_until for a condition that the running event loop must make true meanwhile."""
+    deadline = time.monotonic() + timeout_s
+    delay_s = 0.005
+    while not condition():
+        if time.monotonic() > deadline:
+            return condition()
+        await asyncio.sleep(delay_s)
         delay_s = min(delay_s * 2, 0.1)
     return True
 

@@ -18,7 +18,7 @@ import subprocess
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
@@ -30,6 +30,7 @@ from network.errors import NetworkNotReady
 from network.namespaces import bring_up_loopback, pin_current, unpin, unshared
 from network.types import HostPort, PodNetworkRequest
 from tests.cni_plugins import remove_plugin_rules, rule_marker, standard_plugins
+from tests.e2e.kernel import wait_until
 from tests.netutil import REPLY, fetch, free_port, in_new_thread, node_ipv4, pod_listener
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
@@ -39,14 +40,6 @@ T = TypeVar("T")
 
 
 # ---------------------------------------------------------------- helpers
-
-
-def wait_until(condition: Callable[[], bool], what: str, deadline_s: float = 10.0) -> None:
-    deadline = time.monotonic() + deadline_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {deadline_s}s waiting for {what}")
-        time.sleep(0.02)
 
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:
@@ -213,8 +206,8 @@ async def test_an_attached_pod_gets_an_address_in_the_subnet_and_reaches_its_gat
     (ip,) = status.ips
     assert ipaddress.IPv4Address(ip) in net.subnet
     assert ip != net.gateway
-    wait_until(
-        lambda: pod_can_ping(Path(pod.netns_path), net.gateway), "the pod to ping its gateway"
+    assert wait_until(lambda: pod_can_ping(Path(pod.netns_path), net.gateway), timeout_s=10), (
+        "the pod to ping its gateway"
     )
     await network.check(pod)
 
@@ -228,8 +221,12 @@ async def test_two_pods_reach_each_other(net: CniTestNet) -> None:
     (second_ip,) = (await network.attach(second)).ips
 
     assert first_ip != second_ip
-    wait_until(lambda: pod_can_ping(Path(first.netns_path), second_ip), "pod 1 to ping pod 2")
-    wait_until(lambda: pod_can_ping(Path(second.netns_path), first_ip), "pod 2 to ping pod 1")
+    assert wait_until(lambda: pod_can_ping(Path(first.netns_path), second_ip), timeout_s=10), (
+        "pod 1 to ping pod 2"
+    )
+    assert wait_until(lambda: pod_can_ping(Path(second.netns_path), first_ip), timeout_s=10), (
+        "pod 2 to ping pod 1"
+    )
 
 
 async def test_a_host_port_reaches_a_listener_in_the_pod_from_the_node_ip_and_localhost(
@@ -269,7 +266,7 @@ async def test_detach_removes_veth_cache_file_address_and_port_rules_and_may_run
     assert not net.cache_file(pod).exists()
     assert not net.ipam_file(ip).exists()
     assert iptables_lines(pod.sandbox_id) == []
-    wait_until(lambda: not link_exists(veth), f"{veth} to go")
+    assert wait_until(lambda: not link_exists(veth), timeout_s=10), f"{veth} to go"
 
     await network.detach(pod)
     assert iptables_lines(pod.sandbox_id) == []
@@ -307,10 +304,9 @@ async def test_a_failing_plugin_after_the_bridge_takes_the_bridge_attachment_dow
         await network.attach(pod)
 
     assert list(net.cache_dir.glob("*")) == []
-    wait_until(
-        lambda: run("ip", "-o", "link", "show", "master", net.bridge).stdout == "",
-        "no veth left on the bridge",
-    )
+    assert wait_until(
+        lambda: run("ip", "-o", "link", "show", "master", net.bridge).stdout == "", timeout_s=10
+    ), "no veth left on the bridge"
     assert [p.name for p in (net.ipam_dir / net.name).iterdir() if p.name[0].isdigit()] == []
     assert iptables_lines(pod.sandbox_id) == []
 
@@ -333,12 +329,13 @@ async def test_a_hanging_plugin_times_out_and_its_processes_are_killed(net: CniT
         assert time.monotonic() - started < 6
         pids = [int(p) for p in pid_file.read_text().split()]
         assert len(pids) == 4
-        wait_until(lambda: all(process_gone(pid) for pid in pids), "the plugin processes to die")
-        assert list(net.cache_dir.glob("*")) == []
-        wait_until(
-            lambda: run("ip", "-o", "link", "show", "master", net.bridge).stdout == "",
-            "no veth left on the bridge",
+        assert wait_until(lambda: all(process_gone(pid) for pid in pids), timeout_s=10), (
+            "the plugin processes to die"
         )
+        assert list(net.cache_dir.glob("*")) == []
+        assert wait_until(
+            lambda: run("ip", "-o", "link", "show", "master", net.bridge).stdout == "", timeout_s=10
+        ), "no veth left on the bridge"
     finally:
         # Should the driver leave a plugin process behind, the test does not.
         for pid in map(int, pid_file.read_text().split() if pid_file.exists() else []):
@@ -379,7 +376,7 @@ async def test_reconcile_releases_the_attachment_of_a_sandbox_that_is_gone(net: 
     assert not net.cache_file(stale).exists()
     assert not net.ipam_file(stale_ip).exists()
     assert iptables_lines(stale.sandbox_id) == []
-    wait_until(lambda: not link_exists(stale_veth), f"{stale_veth} to go")
+    assert wait_until(lambda: not link_exists(stale_veth), timeout_s=10), f"{stale_veth} to go"
     assert net.cache_file(live).exists()
     assert net.ipam_file(live_ip).exists()
     assert link_exists(live_veth)

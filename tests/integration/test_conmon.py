@@ -32,6 +32,7 @@ from runtime.conmon import (
 from runtime.exit_watcher import ExitWatcher
 from runtime.oci_runtime import OciRuntime, OciRuntimeError
 from runtime.processes import find_by_environment
+from tests.e2e.kernel import wait_until_async
 
 CONMON = Path(shutil.which("conmon") or "/usr/bin/conmon")
 BUSYBOX = Path("/bin/busybox")
@@ -211,13 +212,6 @@ def _remove_cgroups(parent: str) -> None:
                     time.sleep(0.02)  # the last task of a killed container is still leaving
 
 
-async def _eventually(check: Callable[[], bool], timeout_s: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not check():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.01)
-
-
 def _exit_recorded(exits: Path, container_id: str) -> Callable[[], bool]:
     return lambda: read_exit_code(exits, container_id) is not None
 
@@ -244,7 +238,7 @@ async def test_output_is_logged_and_the_exit_code_reported_at_once(host: Host) -
         )
         assert process.pid > 0 and process.conmon_pid > 0
         await start_container(host.runtime, container_id)
-        await _eventually(lambda: container_id in reported)
+        assert await wait_until_async(lambda: container_id in reported)
     finally:
         watcher.close()
     code, seen_at = reported[container_id]
@@ -270,7 +264,7 @@ async def test_exit_files_already_present_are_reported_on_start(host: Host) -> N
 async def test_output_without_a_trailing_newline_is_a_partial_record(host: Host) -> None:
     container_id, bundle, _ = await host.create(["/bin/sh", "-c", "printf 'no newline'"])
     await start_container(host.runtime, container_id)
-    await _eventually(_exit_recorded(host.exits, container_id))
+    assert await wait_until_async(_exit_recorded(host.exits, container_id))
     assert _log_records(bundle / "ctr.log") == [("stdout", "P", "no newline")]
 
 
@@ -301,7 +295,9 @@ async def test_exec_sync_past_its_deadline_kills_the_process(host: Host) -> None
     )  # fmt: skip
     assert result.timed_out
     assert time.monotonic() - started < 4
-    await _eventually(lambda: not find_by_environment("MOORAGE_EXEC_MARKER", marker), 2.0)
+    assert await wait_until_async(
+        lambda: not find_by_environment("MOORAGE_EXEC_MARKER", marker), 2.0
+    )
 
 
 async def test_reopen_log_after_rotation_writes_a_new_file(host: Host) -> None:
@@ -309,10 +305,10 @@ async def test_reopen_log_after_rotation_writes_a_new_file(host: Host) -> None:
     container_id, bundle, _ = await host.create(["/bin/sh", "-c", script])
     await start_container(host.runtime, container_id)
     log_path = bundle / "ctr.log"
-    await _eventually(lambda: log_path.exists() and log_path.stat().st_size > 0)
+    assert await wait_until_async(lambda: log_path.exists() and log_path.stat().st_size > 0)
     log_path.rename(bundle / "ctr.log.1")
     reopen_log(bundle)
-    await _eventually(lambda: log_path.exists() and "tick" in log_path.read_text())
+    assert await wait_until_async(lambda: log_path.exists() and "tick" in log_path.read_text())
     assert ("stdout", "F", "tick") in _log_records(log_path)
 
 
@@ -391,7 +387,7 @@ async def test_create_failure_raises_the_runtime_message_and_leaves_nothing(host
         await host.create(["/bin/nonexistent"])
     container_id = host.ids[-1]
     assert "conmon" not in str(raised.value)
-    await _eventually(lambda: not _conmons_for(container_id), 2.0)
+    assert await wait_until_async(lambda: not _conmons_for(container_id), 2.0)
     assert await host.runtime.state(container_id) is None
     assert not (host.runtime.state_root / container_id).exists()
 
@@ -421,7 +417,7 @@ async def test_create_and_start_timing(host: Host, capsys: pytest.CaptureFixture
         container_id, _, _ = await host.create(["/bin/true"], log=False)
         await start_container(host.runtime, container_id)
         durations_ms.append((time.perf_counter() - started) * 1000)
-        await _eventually(_exit_recorded(host.exits, container_id))
+        assert await wait_until_async(_exit_recorded(host.exits, container_id))
         await host.runtime.delete(container_id, force=True)
     how = "with private mount ns" if host.runtime.hide_mount else "plain"
     with capsys.disabled():
