@@ -16,6 +16,8 @@ from metrics.agent_metrics import StateCollector, record_oom_kill
 from metrics.cgroup_reader import CgroupReader
 from metrics.container_metrics import ContainerCollector, ContainerSample, PodSample
 from metrics.endpoint import MetricsEndpoint, start_endpoint
+from metrics.filesystem_reader import read_filesystem
+from metrics.model import ProcessStats
 from metrics.net_reader import read_interfaces
 from metrics.operations import REGISTRY
 from runtime.agent import Runtime
@@ -34,6 +36,7 @@ class MetricsSnapshot:
 
     def __call__(self) -> tuple[list[ContainerSample], list[PodSample]]:
         sandboxes = {s.id: s for s in self.runtime.sandboxes.store.all()}
+        filesystem = read_filesystem(str(self.runtime.settings.containers_dir))
         containers: list[ContainerSample] = []
         for container in self.runtime.containers.store.all():
             sandbox = sandboxes.get(container.sandbox_id)
@@ -43,6 +46,8 @@ class MetricsSnapshot:
             stats = self.reader.read(path)
             if stats is None:
                 continue
+            processes = self.reader.read_processes(path, container.pid)
+            layer = self.runtime.layer_usage.get(container.id)
             md = sandbox.config.metadata
             containers.append(
                 ContainerSample(
@@ -54,6 +59,10 @@ class MetricsSnapshot:
                     name=container.id,
                     stats=stats,
                     start_time_s=container.started_at_ns / 1e9,
+                    processes=processes or ProcessStats(),
+                    filesystem=filesystem,
+                    layer_bytes=layer.used_bytes if layer else None,
+                    sandbox_id=sandbox.id,
                 )
             )
         pods: list[PodSample] = []
@@ -64,7 +73,9 @@ class MetricsSnapshot:
             if interfaces is None:
                 continue
             md = sandbox.config.metadata
-            pods.append(PodSample(md.name, md.namespace, sandbox.cgroup_path, interfaces))
+            pods.append(
+                PodSample(md.name, md.namespace, sandbox.cgroup_path, interfaces, sandbox.id)
+            )
         return containers, pods
 
 

@@ -240,6 +240,17 @@ def bench_containers(  # noqa: PLR0917
                 begun = time.perf_counter()
                 http.get(url).raise_for_status()
                 timings.record(f"Prometheus scrape ({CONTAINERS_FOR_LIST} containers)", begun)
+        for _ in range(20):
+            record(
+                "ListMetricDescriptors",
+                runtime.ListMetricDescriptors,
+                pb.ListMetricDescriptorsRequest(),
+            )
+            record(
+                f"ListPodSandboxMetrics ({CONTAINERS_FOR_LIST} containers)",
+                runtime.ListPodSandboxMetrics,
+                pb.ListPodSandboxMetricsRequest(),
+            )
         conmons = _conmon_pids(marker)
         conmon_kb = [_rss_kb(pid) for pid in conmons]
         notes.append(

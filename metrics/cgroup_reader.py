@@ -24,7 +24,9 @@ from metrics.model import (
     HugetlbStats,
     MemoryStats,
     PidsStats,
+    ProcessStats,
 )
+from metrics.process_reader import read_processes
 
 log = structlog.get_logger("moorage.metrics")
 
@@ -70,6 +72,10 @@ class CgroupReader:
         self._reference_root = next(
             (sources[c] for c in ("memory", "cpu", "cpuacct", "pids") if c in sources),
             next(iter(sources.values()), None),
+        )
+        # v1 lists a cgroup's threads in `tasks`, v2 in cgroup.threads.
+        self._threads_file = (
+            "tasks" if self._reference_root in self._v1.values() else ("cgroup.threads")
         )
         self._logged: set[tuple[str, str]] = set()
 
@@ -123,6 +129,15 @@ class CgroupReader:
                 name, reason = problem
                 log.warning("cgroup file unusable", file=name, reason=reason, cgroup=cgroup_path)
         return CgroupStats(cpu, memory, pids, blkio, hugetlb, spec)
+
+    def read_processes(self, cgroup_path: str, root_pid: int = 0) -> ProcessStats | None:
+        """The cgroup's processes as /proc sees them, or None when it no longer exists. Apart
+        from read() because it walks /proc: the Prometheus scrape wants it, the CRI stats
+        calls do not."""
+        if self._reference_root is None:
+            return None
+        directory = f"{self._reference_root}/{cgroup_path.strip('/')}"
+        return read_processes(directory, self._threads_file, root_pid)
 
 
 def _hugetlb(scrape: Scrape, directory: str, sizes: list[str], *, v2: bool) -> list[HugetlbStats]:

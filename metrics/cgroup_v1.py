@@ -60,10 +60,22 @@ def memory_v1(scrape: Scrape, directory: str) -> MemoryStats:
         swap_bytes=swap,
         page_faults=stat.get("total_pgfault"),
         major_page_faults=stat.get("total_pgmajfault"),
+        local_page_faults=stat.get("pgfault"),
+        local_major_page_faults=stat.get("pgmajfault"),
+        kernel_bytes=scrape.number(directory, "memory.kmem.usage_in_bytes"),
+        mapped_file_bytes=stat.get("total_mapped_file"),
+        max_usage_bytes=scrape.number(directory, "memory.max_usage_in_bytes"),
         failcnt=scrape.number(directory, "memory.failcnt"),
         oom_kills=oom.get("oom_kill"),
-        limit_bytes=None if limit is None or limit >= _V1_UNLIMITED_BYTES else limit,
+        limit_bytes=_limit(limit),
+        reservation_bytes=_limit(scrape.number(directory, "memory.soft_limit_in_bytes")),
+        # v1 limits memory and swap together, as cAdvisor reports it.
+        swap_limit_bytes=_limit(scrape.number(directory, "memory.memsw.limit_in_bytes")),
     )
+
+
+def _limit(value: int | None) -> int | None:
+    return None if value is None or value >= _V1_UNLIMITED_BYTES else value
 
 
 def blkio_v1(scrape: Scrape, directory: str) -> list[BlkioDevice]:

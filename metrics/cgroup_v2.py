@@ -45,11 +45,20 @@ def memory_v2(scrape: Scrape, directory: str) -> MemoryStats:
         swap_bytes=scrape.number(directory, "memory.swap.current"),
         page_faults=stat.get("pgfault"),
         major_page_faults=stat.get("pgmajfault"),
+        # v2 counts faults for the whole subtree only; a container's cgroup has no children.
+        local_page_faults=stat.get("pgfault"),
+        local_major_page_faults=stat.get("pgmajfault"),
+        kernel_bytes=stat.get("kernel"),
+        mapped_file_bytes=stat.get("file_mapped"),
+        # memory.peak came with 5.19; older kernels keep no high-water mark.
+        max_usage_bytes=scrape.number(directory, "memory.peak"),
         # Hitting memory.max is what v1's failcnt counts.
         failcnt=events.get("max"),
         oom_events=events.get("oom"),
         oom_kills=events.get("oom_kill"),
         limit_bytes=scrape.number(directory, "memory.max"),
+        reservation_bytes=scrape.number(directory, "memory.low"),
+        swap_limit_bytes=scrape.number(directory, "memory.swap.max"),
     )
 
 

@@ -26,11 +26,19 @@ class MemoryStats:
     swap_bytes: int | None = None
     page_faults: int | None = None
     major_page_faults: int | None = None
+    # This cgroup's own faults; page_faults above count its whole subtree.
+    local_page_faults: int | None = None
+    local_major_page_faults: int | None = None
+    kernel_bytes: int | None = None
+    mapped_file_bytes: int | None = None
+    max_usage_bytes: int | None = None
     failcnt: int | None = None
     oom_events: int | None = None
     oom_kills: int | None = None
-    # None when unlimited.
+    # None when unlimited, for all three.
     limit_bytes: int | None = None
+    reservation_bytes: int | None = None
+    swap_limit_bytes: int | None = None
 
 
 @dataclass(frozen=True)
@@ -75,6 +83,32 @@ class CgroupStats:
     blkio: list[BlkioDevice] = field(default_factory=list)
     hugetlb: list[HugetlbStats] = field(default_factory=list)
     cpu_spec: CpuSpec = field(default_factory=CpuSpec)
+
+
+@dataclass(frozen=True)
+class ProcessStats:
+    """What /proc says about a cgroup's processes and threads."""
+
+    processes: int = 0
+    threads: int = 0
+    file_descriptors: int = 0
+    sockets: int = 0
+    # Threads by the state letter of /proc/TID/stat ("R", "S", "D", "T", ...).
+    task_states: dict[str, int] = field(default_factory=dict)
+    # The soft RLIMIT_NOFILE of the container's root process, -1 when unlimited (as cAdvisor
+    # reports it); None when there is no process to ask.
+    max_open_files: int | None = None
+
+
+@dataclass(frozen=True)
+class FilesystemStats:
+    """The filesystem holding the containers' writable layers."""
+
+    major: int
+    minor: int
+    capacity_bytes: int
+    inodes_total: int
+    inodes_free: int
 
 
 @dataclass(frozen=True)

@@ -113,7 +113,14 @@ def test_promtool_accepts_the_endpoint_output(agent: Agent, image: str) -> None:
         check=False,
     )
 
-    assert checked.returncode == 0, checked.stdout + checked.stderr
+    # 3 is lint findings only, and cAdvisor's own name for a gauge ends in _total: kubelet's
+    # scrapes get the same finding, and renaming it would break the dashboards that use it.
+    cadvisors_own = {
+        'container_fs_inodes_total non-counter metrics should not have "_total" suffix'
+    }
+    findings = set(checked.stderr.splitlines())
+    assert checked.returncode in (0, 3), checked.stdout + checked.stderr
+    assert findings <= cadvisors_own, checked.stdout + checked.stderr
 
 
 def test_prometheus_server_queries_a_running_containers_working_set(

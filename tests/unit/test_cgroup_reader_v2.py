@@ -7,11 +7,14 @@ from pathlib import Path
 
 from structlog.testing import capture_logs
 
+from metrics.cadvisor_series import CONTAINER_SERIES
 from metrics.cgroup_reader import CgroupReader
+from metrics.container_metrics import ContainerSample, container_view
 from metrics.model import (
     BlkioDevice,
     CpuSpec,
     CpuStats,
+    FilesystemStats,
     HugetlbStats,
     MemoryStats,
     PidsStats,
@@ -56,10 +59,17 @@ def test_v2_container_figures_are_read_exactly() -> None:
         swap_bytes=524_288,
         page_faults=27_361,
         major_page_faults=12,
+        local_page_faults=27_361,
+        local_major_page_faults=12,
+        kernel_bytes=1_433_600,
+        mapped_file_bytes=6_619_136,
+        max_usage_bytes=20_971_520,
         failcnt=17,
         oom_events=2,
         oom_kills=1,
         limit_bytes=268_435_456,
+        reservation_bytes=0,
+        swap_limit_bytes=None,  # "max"
     )
     assert stats.pids == PidsStats(current=7, limit=1024)
     assert stats.blkio == [BlkioDevice(259, 0, 1_048_576, 4_096_000, 64, 250)]
@@ -94,8 +104,14 @@ def test_v2_host_without_io_hugetlb_and_swap_accounting_serves_the_rest() -> Non
     assert stats.memory.limit_bytes is None
     assert stats.blkio == []
     assert stats.hugetlb == []
-    # Controllers the host lacks are not looked for; the missing swap file is reported.
-    assert [(e["file"], e["reason"]) for e in logs] == [("memory.swap.current", "missing")]
+    assert stats.memory.max_usage_bytes == 2_412_544
+    assert stats.memory.reservation_bytes == 1_048_576
+    assert stats.memory.swap_limit_bytes is None
+    # Controllers the host lacks are not looked for; the missing swap files are reported.
+    assert sorted((e["file"], e["reason"]) for e in logs) == [
+        ("memory.swap.current", "missing"),
+        ("memory.swap.max", "missing"),
+    ]
 
 
 def test_half_written_files_cost_only_their_figures_and_are_logged_once() -> None:
@@ -147,10 +163,17 @@ def test_v1_container_figures_are_read_exactly() -> None:
         swap_bytes=65_536,
         page_faults=202_486,
         major_page_faults=3,
+        local_page_faults=202_486,
+        local_major_page_faults=0,  # its own; the 3 above are its subtree's
+        kernel_bytes=1_212_416,
+        mapped_file_bytes=7_475_200,
+        max_usage_bytes=18_874_368,
         failcnt=0,
         oom_events=None,  # v1 counts kills only
         oom_kills=2,
         limit_bytes=134_217_728,
+        reservation_bytes=None,  # PAGE_COUNTER_MAX
+        swap_limit_bytes=268_435_456,
     )
     assert stats.pids == PidsStats(current=3, limit=None)
     assert stats.blkio == [
@@ -210,3 +233,30 @@ def test_detect_reads_hybrid_and_pure_v2_mountinfo(tmp_path: Path) -> None:
     stats = pure_reader.read(CONTAINER)
     assert stats is not None
     assert stats.memory.usage_bytes == 15_376_384
+
+
+def test_a_v2_container_has_a_value_for_every_cadvisor_series() -> None:
+    stats = v2_reader("full").read(CONTAINER)
+    assert stats is not None
+    sample = ContainerSample(
+        container="web",
+        pod="web-0",
+        namespace="default",
+        id=CONTAINER,
+        image="nginx",
+        name="4b1d9e0f7a2c",
+        stats=stats,
+        start_time_s=1.0,
+        filesystem=FilesystemStats(259, 1, 1 << 30, 1000, 600),
+    )
+
+    view = container_view(sample, 2.0, lambda major, minor: f"{major}:{minor}", lambda *d: d)
+    values = {series.name: dict(series.values(view)) for series in CONTAINER_SERIES}
+
+    assert all(values.values())
+    assert values["container_memory_max_usage_bytes"] == {(): 20_971_520}
+    assert values["container_memory_kernel_usage"] == {(): 1_433_600}
+    assert values["container_memory_mapped_file"] == {(): 6_619_136}
+    assert values["container_spec_memory_swap_limit_bytes"] == {(): 0}
+    assert values["container_fs_writes_total"] == {("259:0",): 250, ("259:1",): 0}
+    assert values["container_blkio_device_usage_total"][("259:0", "259", "0", "Read")] == 1_048_576

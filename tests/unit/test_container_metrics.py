@@ -8,20 +8,19 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.registry import Collector
 
 from metrics.agent_metrics import StateCollector, record_image_pull, record_oom_kill
-from metrics.container_metrics import (
-    ContainerCollector,
-    ContainerSample,
-    PodSample,
-    block_device_name,
-)
+from metrics.block_devices import block_device_name
+from metrics.cadvisor_series import CONTAINER_SERIES, POD_SERIES
+from metrics.container_metrics import ContainerCollector, ContainerSample, PodSample
 from metrics.model import (
     BlkioDevice,
     CgroupStats,
     CpuSpec,
     CpuStats,
+    FilesystemStats,
     InterfaceStats,
     MemoryStats,
     PidsStats,
+    ProcessStats,
 )
 from metrics.operations import REGISTRY
 
@@ -67,18 +66,46 @@ FULL_STATS = CgroupStats(
         rss_bytes=4_194_304,
         cache_bytes=2_097_152,
         swap_bytes=0,
+        page_faults=900,
+        major_page_faults=9,
+        local_page_faults=800,
+        local_major_page_faults=8,
+        kernel_bytes=65_536,
+        mapped_file_bytes=131_072,
+        max_usage_bytes=12_582_912,
         failcnt=2,
         oom_events=5,
         oom_kills=1,
         limit_bytes=268_435_456,
+        reservation_bytes=134_217_728,
+        swap_limit_bytes=None,
     ),
     pids=PidsStats(current=7, limit=100),
-    blkio=[BlkioDevice(major=8, minor=0, read_bytes=4096, write_bytes=8192)],
+    blkio=[
+        BlkioDevice(major=8, minor=0, read_bytes=4096, write_bytes=8192, read_ops=2, write_ops=3)
+    ],
     cpu_spec=CpuSpec(shares=512, quota=50_000, period=100_000),
+)
+PROCESSES = ProcessStats(
+    processes=2,
+    threads=7,
+    file_descriptors=9,
+    sockets=1,
+    task_states={"S": 4, "I": 1, "R": 1, "D": 1},
+    max_open_files=1024,
+)
+# The writable layer's filesystem is on partition 8:1 of disk 8:0.
+FILESYSTEM = FilesystemStats(
+    major=8, minor=1, capacity_bytes=10_737_418_240, inodes_total=1000, inodes_free=600
 )
 
 
-def container(stats: CgroupStats = FULL_STATS, **changes: str) -> ContainerSample:
+def container(
+    stats: CgroupStats = FULL_STATS,
+    processes: ProcessStats = PROCESSES,
+    filesystem: FilesystemStats | None = FILESYSTEM,
+    **changes: str,
+) -> ContainerSample:
     fields = {
         "container": "web",
         "pod": "web-0",
@@ -87,7 +114,14 @@ def container(stats: CgroupStats = FULL_STATS, **changes: str) -> ContainerSampl
         "image": "docker.io/library/nginx:1.25",
         "name": CID,
     } | changes
-    return ContainerSample(**fields, stats=stats, start_time_s=1_700_000_000.0)
+    return ContainerSample(
+        **fields,
+        stats=stats,
+        start_time_s=1_700_000_000.0,
+        processes=processes,
+        filesystem=filesystem,
+        layer_bytes=40_960,
+    )
 
 
 def pod() -> PodSample:
@@ -122,6 +156,7 @@ def collector(containers: list[ContainerSample], pods: list[PodSample]) -> Conta
     return ContainerCollector(
         lambda: (containers, pods),
         device_name=lambda major, minor: f"/dev/test{major}-{minor}",
+        disk_of=lambda major, minor: (major, 0),
         clock=lambda: NOW_S,
     )
 
@@ -130,30 +165,86 @@ def test_every_figure_is_exposed_under_cadvisors_name_and_labels() -> None:
     lines = scrape(collector([container()], [pod()]))
 
     c = CONTAINER_LABELS
+    disk = c | {"device": "/dev/test8-0"}
+    partition = c | {"device": "/dev/test8-1"}
     eth0 = POD_LABELS | {"interface": "eth0"}
+    blkio = disk | {"major": "8", "minor": "0"}
     expected = [
-        line("container_cpu_usage_seconds_total", c | {"cpu": "total"}, "2.5"),
-        line("container_cpu_user_seconds_total", c, "1.5"),
-        line("container_cpu_system_seconds_total", c, "1.0"),
+        line("container_blkio_device_usage_total", blkio | {"operation": "Read"}, "4096.0"),
+        line("container_blkio_device_usage_total", blkio | {"operation": "Write"}, "8192.0"),
         line("container_cpu_cfs_periods_total", c, "40.0"),
         line("container_cpu_cfs_throttled_periods_total", c, "3.0"),
         line("container_cpu_cfs_throttled_seconds_total", c, "0.25"),
+        line("container_cpu_load_average_10s", c, "0.0"),
+        line("container_cpu_system_seconds_total", c, "1.0"),
+        line("container_cpu_usage_seconds_total", c | {"cpu": "total"}, "2.5"),
+        line("container_cpu_user_seconds_total", c, "1.5"),
+        line("container_file_descriptors", c, "9.0"),
+        line("container_fs_inodes_free", partition, "600.0"),
+        line("container_fs_inodes_total", partition, "1000.0"),
+        line("container_fs_io_current", disk, "0.0"),
+        line("container_fs_io_time_seconds_total", disk, "0.0"),
+        line("container_fs_io_time_weighted_seconds_total", disk, "0.0"),
+        line("container_fs_limit_bytes", partition, "1.073741824e+10"),
+        line("container_fs_read_seconds_total", disk, "0.0"),
+        line("container_fs_reads_bytes_total", disk, "4096.0"),
+        line("container_fs_reads_merged_total", disk, "0.0"),
+        line("container_fs_reads_total", disk, "2.0"),
+        line("container_fs_sector_reads_total", disk, "0.0"),
+        line("container_fs_sector_writes_total", disk, "0.0"),
+        line("container_fs_usage_bytes", partition, "40960.0"),
+        line("container_fs_write_seconds_total", disk, "0.0"),
+        line("container_fs_writes_bytes_total", disk, "8192.0"),
+        line("container_fs_writes_merged_total", disk, "0.0"),
+        line("container_fs_writes_total", disk, "3.0"),
+        line("container_last_seen", c, "1.700000123e+09"),
+        line("container_memory_cache", c, "2.097152e+06"),
+        line("container_memory_failcnt", c, "2.0"),
+        line(
+            "container_memory_failures_total",
+            c | {"failure_type": "pgfault", "scope": "container"},
+            "800.0",
+        ),
+        line(
+            "container_memory_failures_total",
+            c | {"failure_type": "pgmajfault", "scope": "container"},
+            "8.0",
+        ),
+        line(
+            "container_memory_failures_total",
+            c | {"failure_type": "pgfault", "scope": "hierarchy"},
+            "900.0",
+        ),
+        line(
+            "container_memory_failures_total",
+            c | {"failure_type": "pgmajfault", "scope": "hierarchy"},
+            "9.0",
+        ),
+        line("container_memory_kernel_usage", c, "65536.0"),
+        line("container_memory_mapped_file", c, "131072.0"),
+        line("container_memory_max_usage_bytes", c, "1.2582912e+07"),
+        line("container_memory_rss", c, "4.194304e+06"),
+        line("container_memory_swap", c, "0.0"),
         line("container_memory_usage_bytes", c, "1.048576e+07"),
         line("container_memory_working_set_bytes", c, "8.388608e+06"),
-        line("container_memory_rss", c, "4.194304e+06"),
-        line("container_memory_cache", c, "2.097152e+06"),
-        line("container_memory_swap", c, "0.0"),
-        line("container_memory_failcnt", c, "2.0"),
         line("container_oom_events_total", c, "1.0"),
-        line("container_spec_memory_limit_bytes", c, "2.68435456e+08"),
-        line("container_spec_cpu_quota", c, "50000.0"),
+        line("container_processes", c, "2.0"),
+        line("container_sockets", c, "1.0"),
         line("container_spec_cpu_period", c, "100000.0"),
+        line("container_spec_cpu_quota", c, "50000.0"),
         line("container_spec_cpu_shares", c, "512.0"),
-        line("container_processes", c, "7.0"),
+        line("container_spec_memory_limit_bytes", c, "2.68435456e+08"),
+        line("container_spec_memory_reservation_limit_bytes", c, "1.34217728e+08"),
+        line("container_spec_memory_swap_limit_bytes", c, "0.0"),
         line("container_start_time_seconds", c, "1.7e+09"),
-        line("container_last_seen", c, "1.700000123e+09"),
-        line("container_fs_reads_bytes_total", c | {"device": "/dev/test8-0"}, "4096.0"),
-        line("container_fs_writes_bytes_total", c | {"device": "/dev/test8-0"}, "8192.0"),
+        line("container_tasks_state", c | {"state": "sleeping"}, "5.0"),
+        line("container_tasks_state", c | {"state": "running"}, "1.0"),
+        line("container_tasks_state", c | {"state": "stopped"}, "0.0"),
+        line("container_tasks_state", c | {"state": "uninterruptible"}, "1.0"),
+        line("container_tasks_state", c | {"state": "iowaiting"}, "0.0"),
+        line("container_threads", c, "7.0"),
+        line("container_threads_max", c, "100.0"),
+        line("container_ulimits_soft", c | {"ulimit": "max_open_files"}, "1024.0"),
         line("container_network_receive_bytes_total", eth0, "1000.0"),
         line("container_network_receive_packets_total", eth0, "10.0"),
         line("container_network_receive_errors_total", eth0, "1.0"),
@@ -166,6 +257,21 @@ def test_every_figure_is_exposed_under_cadvisors_name_and_labels() -> None:
     ]
     missing = [line for line in expected if line not in lines]
     assert not missing, "\n".join(["missing:", *missing, "got:", *lines])
+
+
+def test_a_scrape_has_every_series_of_the_table_with_its_labels() -> None:
+    lines = scrape(collector([container()], [pod()]))
+
+    labels_by_name: dict[str, set[tuple[str, ...]]] = {}
+    for text in lines:
+        if text.startswith("#"):
+            continue
+        name, _, rest = text.partition("{")
+        keys = tuple(sorted(pair.split("=")[0] for pair in re.findall(r'\w+="[^"]*"', rest)))
+        labels_by_name.setdefault(name, set()).add(keys)
+    expected = {s.name: s.labels for s in CONTAINER_SERIES} | {s.name: s.labels for s in POD_SERIES}
+    for name, labels in expected.items():
+        assert labels_by_name.get(name) == {tuple(sorted(labels))}, name
 
 
 def test_help_and_type_lines_carry_the_exposed_name_without_a_doubled_total() -> None:
@@ -187,33 +293,48 @@ def test_help_and_type_lines_carry_the_exposed_name_without_a_doubled_total() ->
     assert sampled == typed
 
 
-def test_figures_the_host_does_not_provide_are_left_out_not_zeroed() -> None:
-    lines = scrape(collector([container(CgroupStats())], []))
+def test_figures_the_host_does_not_provide_go_out_as_zero_under_every_name() -> None:
+    bare = container(CgroupStats(), ProcessStats(), None)
 
-    samples = [text for text in lines if not text.startswith("#")]
-    assert sorted(re.split(r"[{ ]", text)[0] for text in samples) == [
-        "container_last_seen",
-        "container_scrape_error",
-        "container_start_time_seconds",
-    ]
+    lines = scrape(collector([bare], []))
 
-
-def test_unlimited_memory_is_a_zero_limit_as_in_cadvisor() -> None:
-    stats = CgroupStats(memory=MemoryStats(usage_bytes=100, limit_bytes=None))
-
-    lines = scrape(collector([container(stats)], []))
-
-    assert line("container_spec_memory_limit_bytes", CONTAINER_LABELS, "0.0") in lines
+    samples = {re.split(r"[{ ]", text)[0]: text for text in lines if not text.startswith("#")}
+    # Without a filesystem or any I/O there is no device to label the fs series with.
+    per_device = {s.name for s in CONTAINER_SERIES if "device" in s.extra_labels}
+    assert set(samples) == {s.name for s in CONTAINER_SERIES} - per_device | {
+        "container_scrape_error"
+    }
+    assert samples["container_memory_working_set_bytes"].endswith(" 0.0")
+    assert samples["container_spec_memory_limit_bytes"].endswith(" 0.0")
 
 
-def test_throttling_counters_appear_only_for_a_container_with_a_cpu_quota() -> None:
-    cpu = CpuStats(usage_ns=1, periods=0, throttled_periods=0, throttled_ns=0)
-    stats = CgroupStats(cpu=cpu, cpu_spec=CpuSpec(shares=1024, quota=None, period=100_000))
+def test_unlimited_limits_follow_cadvisors_conventions() -> None:
+    stats = CgroupStats(
+        memory=MemoryStats(usage_bytes=100, limit_bytes=None, reservation_bytes=None),
+        pids=PidsStats(current=1, limit=None),
+        cpu_spec=CpuSpec(shares=1024, quota=None, period=100_000),
+    )
+    unlimited_files = ProcessStats(processes=1, threads=1, max_open_files=-1)
 
-    lines = scrape(collector([container(stats)], []))
+    lines = scrape(collector([container(stats, unlimited_files)], []))
 
-    assert not [text for text in lines if "cfs" in text or "container_spec_cpu_quota" in text]
-    assert line("container_spec_cpu_shares", CONTAINER_LABELS, "1024.0") in lines
+    c = CONTAINER_LABELS
+    assert line("container_spec_memory_limit_bytes", c, "0.0") in lines
+    assert line("container_spec_memory_reservation_limit_bytes", c, "0.0") in lines
+    assert line("container_spec_cpu_quota", c, "0.0") in lines
+    assert line("container_threads_max", c, "0.0") in lines
+    assert line("container_ulimits_soft", c | {"ulimit": "max_open_files"}, "-1.0") in lines
+
+
+def test_the_writable_layers_disk_is_listed_before_any_io_on_it() -> None:
+    no_io = CgroupStats(blkio=[BlkioDevice(major=9, minor=0, read_bytes=512)])
+
+    lines = scrape(collector([container(no_io)], []))
+
+    c = CONTAINER_LABELS
+    assert line("container_fs_reads_bytes_total", c | {"device": "/dev/test9-0"}, "512.0") in lines
+    assert line("container_fs_reads_bytes_total", c | {"device": "/dev/test8-0"}, "0.0") in lines
+    assert line("container_fs_usage_bytes", c | {"device": "/dev/test8-1"}, "40960.0") in lines
 
 
 def test_each_container_and_pod_gets_its_own_series() -> None:
