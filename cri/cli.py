@@ -13,7 +13,7 @@ from cri.config import Config, ConfigError, load_config, render_config, validate
 from cri.daemon import serve
 from cri.logging import configure_logging
 from cri.runtime_info import RUNTIME_NAME, agent_version
-from runtime.hostcheck import format_host_checks, host_checks_pass, run_host_checks
+from runtime.host.checks import format_host_checks, host_checks_pass, run_host_checks
 
 
 def _parser() -> argparse.ArgumentParser:

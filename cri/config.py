@@ -11,7 +11,7 @@ from typing import Any
 
 from network.errors import InvalidNetworkRequest
 from network.ipam import parse_ranges
-from runtime.container_model import SeccompKind
+from runtime.containers.model import SeccompKind
 from runtime.settings import ImageSettings, RuntimeHandlerSettings, RuntimeSettings
 
 DEFAULT_CONFIG_PATH = Path("/etc/moorage/moorage.toml")

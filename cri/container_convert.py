@@ -8,8 +8,8 @@ from cri_api.v1 import api_pb2 as pb
 
 from cri.convert import MODES, enum_value, sandbox_status_to_proto
 from cri.userns_convert import mount_mappings, user_namespace
-from runtime.container_events import ContainerEvent, EventKind
-from runtime.container_model import (
+from runtime.containers.events import ContainerEvent, EventKind
+from runtime.containers.model import (
     Container,
     ContainerConfig,
     ContainerFilter,
@@ -23,7 +23,7 @@ from runtime.container_model import (
     SeccompKind,
 )
 from runtime.errors import InvalidArgument
-from runtime.model import NamespaceOptions
+from runtime.pods.model import NamespaceOptions
 
 _PROPAGATION = {
     pb.PROPAGATION_PRIVATE: Propagation.PRIVATE,

@@ -11,8 +11,8 @@ from cri_api.v1 import api_pb2 as pb
 
 from cri import container_convert as convert
 from cri.handlers import Handlers
-from runtime.container_events import SubscriberDropped
-from runtime.container_setup import ContainerPaths
+from runtime.containers.bundle import ContainerPaths
+from runtime.containers.events import SubscriberDropped
 from runtime.errors import InvalidArgument, Unavailable
 
 

@@ -10,7 +10,7 @@ from cri_api.v1 import api_pb2 as pb
 
 from cri.userns_convert import user_namespace
 from runtime.errors import InvalidArgument
-from runtime.model import (
+from runtime.pods.model import (
     DnsConfig,
     NamespaceMode,
     NamespaceOptions,

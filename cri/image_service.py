@@ -13,8 +13,8 @@ from cri_api.v1 import api_pb2 as pb
 from cri.handlers import Handlers
 from cri.unimplemented import UnimplementedFallback
 from metrics.agent_metrics import record_image_pull
-from runtime.disk_usage import DiskUsage
 from runtime.errors import InvalidArgument
+from runtime.host.disk_usage import DiskUsage
 from runtime.images.model import Image
 from runtime.images.registry import Credentials
 

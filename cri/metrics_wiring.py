@@ -21,10 +21,10 @@ from metrics.model import ProcessStats
 from metrics.net_reader import read_interfaces
 from metrics.operations import REGISTRY
 from runtime.agent import Runtime
-from runtime.container_events import EventKind, SubscriberDropped
-from runtime.container_model import ContainerState
-from runtime.container_setup import container_cgroup_path
-from runtime.model import SandboxState
+from runtime.containers.bundle import container_cgroup_path
+from runtime.containers.events import EventKind, SubscriberDropped
+from runtime.containers.model import ContainerState
+from runtime.pods.model import SandboxState
 
 log = structlog.get_logger("moorage.metrics")
 

@@ -12,8 +12,8 @@ from cri_api.v1 import api_pb2 as pb
 
 from cri.config import config_as_dict
 from cri.handlers import Handlers
-from runtime import userns
 from runtime.agent import Readiness
+from runtime.pods import userns
 
 RUNTIME_NAME = "moorage"
 CRI_API_VERSION = "v1"

@@ -13,9 +13,9 @@ from cri.handlers import Handlers
 from cri.metrics_wiring import cgroup_reader
 from cri.stats_convert import container_stats_to_proto, pod_stats_to_proto
 from cri.stats_source import StatsSource
-from runtime.container_model import ContainerFilter
+from runtime.containers.model import ContainerFilter
 from runtime.errors import InvalidArgument
-from runtime.model import SandboxFilter
+from runtime.pods.model import SandboxFilter
 
 
 class StatsRpcs(Handlers):

@@ -12,10 +12,10 @@ from metrics.cgroup_reader import CgroupReader
 from metrics.model import CgroupStats, InterfaceStats
 from metrics.net_reader import read_interfaces
 from runtime.agent import Runtime
-from runtime.container_model import Container
-from runtime.container_setup import container_cgroup_path
-from runtime.layer_usage import LayerUsage
-from runtime.model import Sandbox
+from runtime.containers.bundle import container_cgroup_path
+from runtime.containers.layer_usage import LayerUsage
+from runtime.containers.model import Container
+from runtime.pods.model import Sandbox
 
 
 @dataclass(frozen=True)

@@ -10,9 +10,9 @@ from cri_api.v1 import api_pb2 as pb
 
 from cri.handlers import Handlers
 from cri.streaming.requests import AttachRequest, ExecRequest, PortForwardRequest
-from runtime.container_model import Container, ContainerState
+from runtime.containers.model import Container, ContainerState
 from runtime.errors import FailedPrecondition, InvalidArgument, Unavailable
-from runtime.model import SandboxState
+from runtime.pods.model import SandboxState
 
 MAX_PORT = 65535
 

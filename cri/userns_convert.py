@@ -12,7 +12,7 @@ from typing import Any
 from cri_api.v1 import api_pb2 as pb
 
 from runtime.errors import InvalidArgument, Unimplemented
-from runtime.model import IdMapping, UserNamespace
+from runtime.pods.model import IdMapping, UserNamespace
 
 _MAX_ID = 2**32 - 1
 

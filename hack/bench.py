@@ -35,9 +35,10 @@ from network.bridge import delete_link
 from network.bridge_network import BridgeNetwork, BridgeSettings
 from network.cni import CniNetwork, CniSettings
 from network.iptables import PodRules
-from network.namespaces import bring_up_loopback, pin_current, unpin, unshared
+from network.netns import bring_up_loopback
 from network.types import HostPort, PodNetworkRequest
-from runtime.state_db import StateDB
+from runtime.host.namespaces import pin_current, unpin, unshared
+from runtime.state.db import StateDB
 from tests.cni_plugins import remove_plugin_rules, rule_marker, standard_plugins
 from tests.images_build import build_all
 from tests.netutil import free_port

@@ -81,7 +81,7 @@ class CgroupReader:
 
     @classmethod
     def of(cls, v1_roots: Mapping[str, Path], unified_root: Path | None) -> CgroupReader:
-        """The reader for the hierarchies the agent found mounted (runtime/cgroups.py's
+        """The reader for the hierarchies the agent found mounted (runtime/host/cgroups.py's
         CgroupLayout): v1 roots by hierarchy name, and the unified one, if any."""
         if not v1_roots and unified_root is None:
             raise RuntimeError("no cgroup filesystem is mounted")

@@ -17,7 +17,7 @@ from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from network.ipam import IPNetwork, PodAddress, gateway_of
-from network.namespaces import entered
+from network.netns import in_netns
 
 POD_IFNAME = "eth0"
 HOST_VETH_PREFIX = "mr"
@@ -80,7 +80,7 @@ def attach_pod(
         os.close(netns_fd)
     # Hairpin: a pod reaching its own hostPort gets the reply back through the same port.
     Path(f"/sys/class/net/{host_name}/brport/hairpin_mode").write_text("1")
-    with entered({"net": netns_pin}), IPRoute() as ipr:
+    with in_netns(netns_pin), IPRoute() as ipr:
         (index,) = ipr.link_lookup(ifname=POD_IFNAME)
         for address in addresses:
             ipr.addr(

@@ -48,7 +48,7 @@ from network.cni_plugin import (
     run_plugin,
 )
 from network.errors import InvalidNetworkRequest, NetworkError, NetworkNotReady
-from network.namespaces import is_pinned
+from network.netns import is_pinned
 from network.types import NetworkReadiness, PodNetworkRequest, PodNetworkStatus
 
 log = structlog.get_logger("moorage.cni")

@@ -11,24 +11,24 @@ from network.cni import CniNetwork, CniSettings
 from network.errors import InvalidNetworkRequest
 from network.ipam import parse_ranges
 from network.types import PodNetwork
-from runtime.cgroups import CgroupLayout, CgroupMode
-from runtime.container_recovery import reconcile_containers
-from runtime.container_setup import ContainerPaths
-from runtime.container_store import ContainerStore
-from runtime.containers import ContainerManager
-from runtime.disk_usage import DiskUsage, disk_usage
+from runtime.containers.bundle import ContainerPaths
+from runtime.containers.exit_watcher import ExitWatcher
+from runtime.containers.layer_usage import WritableLayerUsage
+from runtime.containers.manager import ContainerManager
+from runtime.containers.recovery import reconcile_containers
 from runtime.errors import InvalidArgument
-from runtime.exit_watcher import ExitWatcher
+from runtime.host.cgroups import CgroupLayout, CgroupMode
+from runtime.host.disk_usage import DiskUsage, disk_usage
 from runtime.images.manager import ImageManager
-from runtime.layer_usage import WritableLayerUsage
-from runtime.model import SandboxFilter, SandboxState
-from runtime.oci_runtime import OciRuntime
-from runtime.recovery import reconcile_sandboxes
-from runtime.sandbox_store import SandboxStore
-from runtime.sandboxes import SandboxManager
+from runtime.oci.runtime_cli import OciRuntime
+from runtime.pods.manager import SandboxManager
+from runtime.pods.model import SandboxFilter, SandboxState
+from runtime.pods.recovery import reconcile_sandboxes
 from runtime.settings import RuntimeSettings
-from runtime.state_db import StateDB
-from runtime.streaming_sessions import StreamingSessions
+from runtime.state.container_store import ContainerStore
+from runtime.state.db import StateDB
+from runtime.state.sandbox_store import SandboxStore
+from runtime.streaming.sessions import StreamingSessions
 
 _POD_CIDR_KEY = "pod_cidr"
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from network.bridge_network import BridgeSettings
-from runtime.container_model import SeccompKind
+from runtime.containers.model import SeccompKind
 
 
 @dataclass(frozen=True)

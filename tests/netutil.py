@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
 
-from network.namespaces import entered
+from network.netns import in_netns
 
 REPLY = b"hello from the pod\n"
 T = TypeVar("T")
@@ -58,7 +58,7 @@ def pod_listener(netns_pin: str, port: int) -> Iterator[None]:
 
     def listen() -> None:
         # A socket belongs to the netns its creating thread was in, for its whole life.
-        with entered({"net": Path(netns_pin)}):
+        with in_netns(Path(netns_pin)):
             sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(("0.0.0.0", port))

@@ -21,7 +21,7 @@ from cri.streaming.websocket_stdio import WebSocketStdio
 from cri.streaming.websocket_tunnel import SUBPROTOCOL as SPDY_TUNNEL
 from cri.streaming.websocket_tunnel import WebSocketTransport
 from runtime.errors import MoorageError
-from runtime.streams import PortStream, StdioClient
+from runtime.streaming.streams import PortStream, StdioClient
 
 _PROTOCOL_HEADER = "x-stream-protocol-version"
 

@@ -15,7 +15,7 @@ import structlog
 
 from cri.streaming.spdy import SpdySession, SpdyStream
 from cri.streaming.spdy_frames import RstStatus, SpdyStreamClosed
-from runtime.streams import PortStream
+from runtime.streaming.streams import PortStream
 
 PROTOCOL = "portforward.k8s.io"
 PAIR_TIMEOUT_S = 30.0  # kubelet's stream creation timeout

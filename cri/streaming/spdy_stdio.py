@@ -19,7 +19,7 @@ from typing import Any
 from cri.streaming.spdy import SpdySession, SpdyStream
 from cri.streaming.spdy_frames import RstStatus, SpdyStreamClosed
 from cri.streaming.status import encode, error_status, exit_status
-from runtime.streams import TerminalSize
+from runtime.streaming.streams import TerminalSize
 
 V4 = "v4.channel.k8s.io"
 V3 = "v3.channel.k8s.io"

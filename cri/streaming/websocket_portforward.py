@@ -12,7 +12,7 @@ import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 
 from cri.streaming.websocket import Channels, Inbox, WebSocket
-from runtime.streams import PortStream
+from runtime.streaming.streams import PortStream
 
 V4 = "v4.channel.k8s.io"
 V4_BASE64 = "v4.base64.channel.k8s.io"

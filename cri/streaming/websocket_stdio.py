@@ -17,7 +17,7 @@ from typing import Any
 
 from cri.streaming.status import encode, error_status, exit_status
 from cri.streaming.websocket import Channels, Inbox, WebSocket
-from runtime.streams import TerminalSize
+from runtime.streaming.streams import TerminalSize
 
 V5 = "v5.channel.k8s.io"
 V4 = "v4.channel.k8s.io"

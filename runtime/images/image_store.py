@@ -9,7 +9,7 @@ from __future__ import annotations
 import threading
 
 from runtime.images.model import Image, decode_image, encode_image
-from runtime.state_db import StateDB
+from runtime.state.db import StateDB
 
 _TABLE = "images"
 

@@ -18,7 +18,7 @@ from runtime.images.puller import ImagePuller
 from runtime.images.reference import InvalidReference, parse_reference
 from runtime.images.registry import Credentials, RegistryClient
 from runtime.settings import RuntimeSettings
-from runtime.state_db import StateDB
+from runtime.state.db import StateDB
 
 log = structlog.get_logger("moorage.images")
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from runtime.cgroups import CgroupLayout
+from runtime.host.cgroups import CgroupLayout
 from runtime.settings import RuntimeSettings
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from runtime.attach import attach
-from runtime.conmon import ConmonError, read_exit_code
-from runtime.exit_watcher import ExitWatcher
+from runtime.containers.exit_watcher import ExitWatcher
+from runtime.oci.conmon import ConmonError, read_exit_code
+from runtime.streaming.attach import attach
 from tests.integration import test_conmon
 from tests.integration.test_conmon import BUSYBOX, CONMON, Host
 from tests.integration.test_exec_stream import WAIT_S, FakeClient, own_fds, run_container

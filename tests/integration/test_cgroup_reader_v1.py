@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from metrics.cgroup_reader import CgroupReader
-from runtime.cgroups import CgroupLayout, CgroupMode
+from runtime.host.cgroups import CgroupLayout, CgroupMode
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
 

@@ -27,8 +27,9 @@ import pytest
 
 from network.cni import CniNetwork, CniPluginError, CniSettings
 from network.errors import NetworkNotReady
-from network.namespaces import bring_up_loopback, pin_current, unpin, unshared
+from network.netns import bring_up_loopback
 from network.types import HostPort, PodNetworkRequest
+from runtime.host.namespaces import pin_current, unpin, unshared
 from tests.cni_plugins import remove_plugin_rules, rule_marker, standard_plugins
 from tests.e2e.kernel import wait_until
 from tests.netutil import REPLY, fetch, free_port, in_new_thread, node_ipv4, pod_listener

@@ -19,7 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from runtime.conmon import (
+from runtime.containers.exit_watcher import ExitWatcher
+from runtime.host.processes import find_by_environment
+from runtime.oci.conmon import (
     ConmonError,
     ConmonProcess,
     ContainerCreateError,
@@ -29,9 +31,7 @@ from runtime.conmon import (
     reopen_log,
     start_container,
 )
-from runtime.exit_watcher import ExitWatcher
-from runtime.oci_runtime import OciRuntime, OciRuntimeError
-from runtime.processes import find_by_environment
+from runtime.oci.runtime_cli import OciRuntime, OciRuntimeError
 from tests.e2e.kernel import wait_until_async
 
 CONMON = Path(shutil.which("conmon") or "/usr/bin/conmon")
@@ -323,8 +323,8 @@ def test_reopen_log_without_conmon_fails_clearly(tmp_path: Path) -> None:
 _AGENT = """
 import asyncio, json, sys
 from pathlib import Path
-from runtime.conmon import create_container, start_container
-from runtime.oci_runtime import OciRuntime, OciRuntimeError
+from runtime.oci.conmon import create_container, start_container
+from runtime.oci.runtime_cli import OciRuntime, OciRuntimeError
 
 a = json.loads(sys.argv[1])
 async def main():

@@ -12,11 +12,11 @@ from typing import TypeVar
 
 import pytest
 
-from runtime.conmon import create_container, start_container
 from runtime.errors import ContainerRuntimeFailed
-from runtime.exec_stream import exec_streaming
-from runtime.processes import find_by_environment, is_running
-from runtime.streams import TerminalSize
+from runtime.host.processes import find_by_environment, is_running
+from runtime.oci.conmon import create_container, start_container
+from runtime.streaming.exec import exec_streaming
+from runtime.streaming.streams import TerminalSize
 from tests.integration import test_conmon
 from tests.integration.test_conmon import BUSYBOX, CONMON, Host, process
 

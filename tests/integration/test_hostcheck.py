@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from runtime.hostcheck import HostCheck, format_host_checks, host_checks_pass, run_host_checks
+from runtime.host.checks import HostCheck, format_host_checks, host_checks_pass, run_host_checks
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
 

@@ -10,7 +10,8 @@ from typing import TypeVar
 
 import pytest
 
-from network.namespaces import bring_up_loopback, entered, is_pinned, pin_current, unpin, unshared
+from network.netns import bring_up_loopback, is_pinned
+from runtime.host.namespaces import entered, pin_current, unpin, unshared
 from runtime.settings import RuntimeSettings
 from tests.netutil import in_new_thread
 

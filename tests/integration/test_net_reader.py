@@ -14,7 +14,8 @@ import pytest
 
 from metrics.model import InterfaceStats
 from metrics.net_reader import read_interfaces
-from network.namespaces import bring_up_loopback, entered, pin_current, unpin, unshared
+from network.netns import bring_up_loopback
+from runtime.host.namespaces import entered, pin_current, unpin, unshared
 from tests.netutil import in_new_thread
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")

@@ -12,9 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from runtime.container_model import ContainerConfig, ContainerSecurity, ImageRuntimeConfig
-from runtime.image_user import resolve_user
-from runtime.model import (
+from runtime.containers.image_user import resolve_user
+from runtime.containers.model import ContainerConfig, ContainerSecurity, ImageRuntimeConfig
+from runtime.oci.seccomp import load_profile
+from runtime.oci.spec import SpecInputs, build_spec
+from runtime.pods.model import (
     NamespaceMode,
     NamespaceOptions,
     PodMetadata,
@@ -22,8 +24,6 @@ from runtime.model import (
     SandboxConfig,
     SandboxState,
 )
-from runtime.oci_spec import SpecInputs, build_spec
-from runtime.seccomp import load_profile
 
 RUNC = shutil.which("runc")
 BUSYBOX = Path("/bin/busybox")

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from runtime.images import overlay
-from runtime.images.overlay import mount_overlay, unmount
+from runtime.containers import overlay
+from runtime.containers.overlay import mount_overlay, unmount
 from runtime.images.unpack import unpack_layer
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")

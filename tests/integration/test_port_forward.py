@@ -13,9 +13,10 @@ from typing import Any
 
 import pytest
 
-from network.namespaces import bring_up_loopback, entered, pin_current, unpin, unshared
-from runtime.port_forward import forward_port
+from network.netns import bring_up_loopback
+from runtime.host.namespaces import entered, pin_current, unpin, unshared
 from runtime.settings import RuntimeSettings
+from runtime.streaming.port_forward import forward_port
 from tests.netutil import in_new_thread
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")

@@ -10,10 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from network.namespaces import is_pinned, pin_current, unshared
-from runtime.cgroups import CgroupLayout, pod_cgroup_path
+from network.netns import is_pinned
 from runtime.errors import FailedPrecondition, InvalidArgument
-from runtime.model import (
+from runtime.host.cgroups import CgroupLayout, pod_cgroup_path
+from runtime.host.namespaces import pin_current, unshared
+from runtime.host.processes import is_running
+from runtime.pods.model import (
     NamespaceMode,
     NamespaceOptions,
     PodMetadata,
@@ -21,13 +23,12 @@ from runtime.model import (
     SandboxConfig,
     SandboxState,
 )
-from runtime.processes import is_running
-from runtime.recovery import reconcile_sandboxes
-from runtime.sandbox_setup import build_sandbox, remove_sandbox, sandbox_paths
-from runtime.sandbox_store import SandboxStore
+from runtime.pods.recovery import reconcile_sandboxes
+from runtime.pods.setup import build_sandbox, remove_sandbox, sandbox_paths
+from runtime.pods.sysctls import validate_sysctls
 from runtime.settings import RuntimeSettings
-from runtime.state_db import StateDB
-from runtime.sysctls import validate_sysctls
+from runtime.state.db import StateDB
+from runtime.state.sandbox_store import SandboxStore
 from tests.netutil import in_new_thread
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")

@@ -11,11 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from network.namespaces import is_pinned, unpin
+from network.netns import is_pinned
 from runtime.errors import FailedPrecondition
-from runtime.model import IdMapping, InfraProcess, UserNamespace
-from runtime.processes import is_running, kill_and_wait, start_ticks
-from runtime.userns import InfraRequest, create_owned_namespaces
+from runtime.host.namespaces import unpin
+from runtime.host.processes import is_running, kill_and_wait, start_ticks
+from runtime.pods.model import IdMapping, InfraProcess, UserNamespace
+from runtime.pods.userns import InfraRequest, create_owned_namespaces
 
 NS_GET_USERNS = 0xB701
 MAPPING = UserNamespace(IdMapping(3_000_000, 0, 65536), IdMapping(3_100_000, 0, 65536))

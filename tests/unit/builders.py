@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from runtime.model import (
+from runtime.pods.model import (
     DnsConfig,
     InfraProcess,
     NamespaceMode,

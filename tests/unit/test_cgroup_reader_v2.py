@@ -19,7 +19,7 @@ from metrics.model import (
     MemoryStats,
     PidsStats,
 )
-from runtime.cgroups import CgroupLayout
+from runtime.host.cgroups import CgroupLayout
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 V2 = FIXTURES / "cgroup_v2"

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from runtime.cgroups import CgroupLayout, CgroupMode, pod_cgroup_path
 from runtime.errors import InvalidArgument
+from runtime.host.cgroups import CgroupLayout, CgroupMode, pod_cgroup_path
 
 ALL_V2 = "cpuset cpu io memory hugetlb pids"
 ALL_V2_ENABLE = "+cpuset +cpu +io +memory +hugetlb +pids"

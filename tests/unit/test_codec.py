@@ -4,8 +4,7 @@ import json
 from dataclasses import replace
 from typing import Any
 
-from runtime.codec import from_json, to_json
-from runtime.model import (
+from runtime.pods.model import (
     DnsConfig,
     InfraProcess,
     NamespaceMode,
@@ -17,6 +16,7 @@ from runtime.model import (
     SandboxConfig,
     SandboxState,
 )
+from runtime.state.codec import from_json, to_json
 from tests.unit.builders import sandbox
 
 

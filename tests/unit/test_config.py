@@ -9,7 +9,7 @@ import pytest
 
 import cri.config
 from cri.config import Config, ConfigError, config_as_dict, load_config, parse_config, render_config
-from runtime.container_model import SeccompKind
+from runtime.containers.model import SeccompKind
 from runtime.settings import ImageSettings, RuntimeHandlerSettings, RuntimeSettings
 
 

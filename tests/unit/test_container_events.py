@@ -7,7 +7,7 @@ import asyncio
 
 import pytest
 
-from runtime.container_events import ContainerEvent, EventBus, EventKind, SubscriberDropped
+from runtime.containers.events import ContainerEvent, EventBus, EventKind, SubscriberDropped
 from tests.unit.test_container_store import container
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from runtime.container_model import (
+from runtime.containers.model import (
     Container,
     ContainerConfig,
     ContainerFilter,
@@ -21,10 +21,10 @@ from runtime.container_model import (
     Seccomp,
     SeccompKind,
 )
-from runtime.container_store import ContainerStore, reserved_name
 from runtime.errors import InvalidArgument, NameReserved, NotFound
-from runtime.model import NamespaceMode, NamespaceOptions
-from runtime.state_db import StateDB
+from runtime.pods.model import NamespaceMode, NamespaceOptions
+from runtime.state.container_store import ContainerStore, reserved_name
+from runtime.state.db import StateDB
 
 
 def container(container_id: str, *, name: str = "app", sandbox_id: str = "pod1") -> Container:

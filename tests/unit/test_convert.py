@@ -15,7 +15,7 @@ from cri.convert import (
     sandbox_verbose_info,
 )
 from runtime.errors import InvalidArgument
-from runtime.model import (
+from runtime.pods.model import (
     DnsConfig,
     InfraProcess,
     NamespaceMode,

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from runtime.container_model import Mount
+from runtime.containers.executable import check_command
+from runtime.containers.model import Mount
 from runtime.errors import InvalidArgument
-from runtime.executable import check_command
 
 PATH = ["PATH=/usr/bin:/bin"]
 

@@ -9,7 +9,7 @@ import pytest
 from network.bridge_network import BridgeNetwork, BridgeSettings, published_ports
 from network.errors import HostPortInUse, InvalidNetworkRequest
 from network.types import HostPort
-from runtime.state_db import StateDB
+from runtime.state.db import StateDB
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ import pytest
 from runtime.images.content import ContentStore, LayerStore
 from runtime.images.image_store import ImageStore
 from runtime.images.model import Image, Layer, chain_ids, decode_image, encode_image
-from runtime.state_db import StateDB
+from runtime.state.db import StateDB
 
 
 def digest_of(text: str) -> str:

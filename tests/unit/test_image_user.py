@@ -5,9 +5,14 @@ from pathlib import Path
 
 import pytest
 
-from runtime.container_model import ContainerSecurity, ImageRuntimeConfig, ProcessUser
+from runtime.containers.image_user import (
+    join_in_root,
+    parse_image_config,
+    read_in_root,
+    resolve_user,
+)
+from runtime.containers.model import ContainerSecurity, ImageRuntimeConfig, ProcessUser
 from runtime.errors import InvalidArgument
-from runtime.image_user import join_in_root, parse_image_config, read_in_root, resolve_user
 
 PASSWD = """\
 root:x:0:0:root:/root:/bin/sh

@@ -10,7 +10,7 @@ import pytest
 
 from network.errors import AddressesExhausted, InvalidNetworkRequest
 from network.ipam import AddressPool, parse_ranges
-from runtime.state_db import StateDB
+from runtime.state.db import StateDB
 
 
 @pytest.fixture

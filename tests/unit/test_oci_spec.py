@@ -8,13 +8,7 @@ from typing import Any
 
 import pytest
 
-from runtime.capabilities import (
-    DEFAULT_CAPABILITIES,
-    agent_has,
-    container_capabilities,
-    grantable_capabilities,
-)
-from runtime.container_model import (
+from runtime.containers.model import (
     ContainerConfig,
     ContainerSecurity,
     Device,
@@ -25,7 +19,22 @@ from runtime.container_model import (
     Resources,
 )
 from runtime.errors import FailedPrecondition, InvalidArgument
-from runtime.model import (
+from runtime.oci.capabilities import (
+    DEFAULT_CAPABILITIES,
+    agent_has,
+    container_capabilities,
+    grantable_capabilities,
+)
+from runtime.oci.spec import (
+    DEFAULT_MASKED_PATHS,
+    DEFAULT_PATH,
+    DEFAULT_READONLY_PATHS,
+    SpecInputs,
+    build_spec,
+    prepare_mount_sources,
+    resources_to_oci,
+)
+from runtime.pods.model import (
     IdMapping,
     InfraProcess,
     NamespaceMode,
@@ -35,15 +44,6 @@ from runtime.model import (
     SandboxConfig,
     SandboxState,
     UserNamespace,
-)
-from runtime.oci_spec import (
-    DEFAULT_MASKED_PATHS,
-    DEFAULT_PATH,
-    DEFAULT_READONLY_PATHS,
-    SpecInputs,
-    build_spec,
-    prepare_mount_sources,
-    resources_to_oci,
 )
 
 PROFILE = {

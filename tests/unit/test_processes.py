@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from runtime.model import InfraProcess
-from runtime.processes import is_running, kill_and_wait, kill_tree, start_ticks
+from runtime.host.processes import is_running, kill_and_wait, kill_tree, start_ticks
+from runtime.pods.model import InfraProcess
 from tests.e2e.kernel import wait_until
 
 

@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 
 from runtime.errors import InvalidArgument
-from runtime.model import DnsConfig
-from runtime.resolv import render_resolv_conf
+from runtime.pods.model import DnsConfig
+from runtime.pods.resolv import render_resolv_conf
 
 HOST_TEXT = "# host file\nnameserver 192.0.2.53\nsearch example.org\n"
 

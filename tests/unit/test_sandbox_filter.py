@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from runtime.model import SandboxFilter, SandboxState
+from runtime.pods.model import SandboxFilter, SandboxState
 from tests.unit.builders import sandbox
 
 POD = sandbox("abc123", state=SandboxState.READY, labels={"app": "web", "tier": "front"})

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 
 from runtime.errors import InvalidArgument, NameReserved, NotFound
-from runtime.model import InfraProcess, Sandbox, SandboxFilter, SandboxState
-from runtime.sandbox_store import SandboxStore
-from runtime.state_db import StateDB
+from runtime.pods.model import InfraProcess, Sandbox, SandboxFilter, SandboxState
+from runtime.state.db import StateDB
+from runtime.state.sandbox_store import SandboxStore
 from tests.unit.builders import sandbox
 
 

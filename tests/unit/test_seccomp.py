@@ -6,9 +6,9 @@ from typing import Any
 
 import pytest
 
-from runtime.capabilities import DEFAULT_CAPABILITIES
 from runtime.errors import InvalidArgument
-from runtime.seccomp import load_profile, to_oci
+from runtime.oci.capabilities import DEFAULT_CAPABILITIES
+from runtime.oci.seccomp import load_profile, to_oci
 
 HOST_PROFILE = Path("/usr/share/containers/seccomp.json")
 

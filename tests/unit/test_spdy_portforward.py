@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 from cri.streaming.spdy_frames import RstStatus
 from cri.streaming.spdy_portforward import serve_port_forward
-from runtime.streams import PortStream
+from runtime.streaming.streams import PortStream
 from tests.streaming.spdy_client import ClientStream
 from tests.streaming.spdy_pair import Connection, connected
 

@@ -22,7 +22,7 @@ from cri.streaming.spdy_stdio import (
     accept_stdio,
 )
 from cri.streaming.transport import StreamTransport
-from runtime.streams import StdioClient, TerminalSize
+from runtime.streaming.streams import StdioClient, TerminalSize
 from tests.streaming.spdy_client import ClientStream, connect
 from tests.streaming.spdy_pair import Connection, connected
 

@@ -4,10 +4,10 @@ from pathlib import Path
 
 import pytest
 
-import runtime.sysctls
+import runtime.pods.sysctls
 from runtime.errors import InvalidArgument
-from runtime.model import NamespaceMode, NamespaceOptions
-from runtime.sysctls import apply_sysctls, validate_sysctls
+from runtime.pods.model import NamespaceMode, NamespaceOptions
+from runtime.pods.sysctls import apply_sysctls, validate_sysctls
 
 POD_NAMESPACES = NamespaceOptions()
 HOST_NETWORK = NamespaceOptions(network=NamespaceMode.NODE)
@@ -154,7 +154,7 @@ def proc_sys(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     (root / "net" / "ipv4" / "conf" / "eth0.100" / "rp_filter").write_text("0\n")
     (root / "kernel").mkdir()
     (root / "kernel" / "shmmax").write_text("0\n")
-    monkeypatch.setattr(runtime.sysctls, "PROC_SYS", root)
+    monkeypatch.setattr(runtime.pods.sysctls, "PROC_SYS", root)
     return root
 
 

@@ -9,7 +9,7 @@ from cri_api.v1 import api_pb2 as pb
 
 from cri.userns_convert import mount_mappings, user_namespace
 from runtime.errors import InvalidArgument, Unimplemented
-from runtime.model import IdMapping, UserNamespace
+from runtime.pods.model import IdMapping, UserNamespace
 
 
 def mapping(host_id: int = 100_000, container_id: int = 0, length: int = 65536) -> Any:

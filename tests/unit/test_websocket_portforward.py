@@ -17,7 +17,7 @@ from cri.streaming.websocket_portforward import (
     V4_BASE64,
     serve_port_forward,
 )
-from runtime.streams import PortStream
+from runtime.streaming.streams import PortStream
 from tests.streaming.ws_client import ChannelClient, LoopbackServer, Rejected, loopback_server
 
 Handle = Callable[[PortStream], Awaitable[None]]

@@ -21,7 +21,7 @@ from cri.streaming.websocket_stdio import (
     WebSocketStdio,
     open_stdio,
 )
-from runtime.streams import StdioClient, TerminalSize
+from runtime.streaming.streams import StdioClient, TerminalSize
 from tests.streaming.ws_client import ChannelClient, LoopbackServer, Rejected, loopback_server
 
 STDIN, STDOUT, STDERR, ERROR, RESIZE = range(5)

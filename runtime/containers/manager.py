@@ -1,0 +1,470 @@
+"""Container lifecycle: the async edge over the rootfs, the OCI spec, conmon and the runtime.
+
+Like sandbox mutations, container mutations are shielded from the caller's cancellation and
+serialised per container. Exits arrive from the exit watcher (conmon's exit files), never by
+polling; a stop waits for that event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+import signal
+import time
+from collections.abc import AsyncIterator
+from dataclasses import replace
+from pathlib import Path
+
+import structlog
+
+from runtime.containers.build import (
+    ContainerBuilder,
+    own_oom_score_adj,
+    signal_number,
+    validate,
+)
+from runtime.containers.build import (
+    log_path as container_log_path,
+)
+from runtime.containers.bundle import (
+    ContainerPaths,
+    container_cgroup_path,
+    exec_process_spec,
+    release_volume_mounts,
+    remove_files,
+)
+from runtime.containers.events import ContainerEvent, EventBus, EventKind
+from runtime.containers.image_user import parse_image_config
+from runtime.containers.model import (
+    Container,
+    ContainerConfig,
+    ContainerFilter,
+    ContainerState,
+    Resources,
+)
+from runtime.containers.resource_limits import check_resources
+from runtime.errors import (
+    ContainerRuntimeFailed,
+    DeadlineExceeded,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+)
+from runtime.host.cgroups import CgroupLayout
+from runtime.images.manager import ImageManager
+from runtime.in_flight import InFlight
+from runtime.oci.conmon import (
+    ConmonError,
+    ContainerCreateError,
+    create_container,
+    exec_sync,
+    read_exit_code,
+    reopen_log,
+)
+from runtime.oci.runtime_cli import OciRuntime, OciRuntimeError
+from runtime.oci.seccomp_bpf import SeccompFilters
+from runtime.oci.spec import resources_to_oci
+from runtime.pods.model import Sandbox, SandboxState
+from runtime.settings import RuntimeSettings
+from runtime.state.container_store import ContainerStore, reserved_name
+from runtime.state.sandbox_store import SandboxStore
+
+log = structlog.get_logger("moorage.container")
+
+EXEC_OUTPUT_CAP = 16 * 1024 * 1024
+# After SIGKILL the exit file follows within milliseconds; past this something is wrong.
+KILL_WAIT_S = 10.0
+# What the exit code of a container is when nobody saw it exit (a host reboot).
+UNKNOWN_EXIT_CODE = 255
+
+
+class ContainerManager:
+    def __init__(  # noqa: PLR0917
+        self,
+        settings: RuntimeSettings,
+        store: ContainerStore,
+        sandboxes: SandboxStore,
+        images: ImageManager,
+        cgroups: CgroupLayout,
+        runtimes: dict[str, OciRuntime],
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.sandboxes = sandboxes
+        self.images = images
+        self.cgroups = cgroups
+        self.runtimes = runtimes
+        self.events = EventBus()
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._exited: dict[str, asyncio.Event] = {}
+        self._in_flight = InFlight()
+        self.builder = ContainerBuilder(settings, cgroups, store)
+        self._filters = {
+            name: SeccompFilters(runtime.binary)
+            for name, runtime in runtimes.items()
+            if runtime.binary.name == "crun"
+        }
+        images.in_use = self.image_ids_in_use
+
+    # -- queries ------------------------------------------------------------------------
+
+    def status(self, id_or_prefix: str) -> Container:
+        return self.store.get(id_or_prefix)
+
+    def select(self, flt: ContainerFilter | None = None) -> list[Container]:
+        return self.store.select(flt)
+
+    def image_ids_in_use(self) -> set[str]:
+        return {i for c in self.store.all() for i in (c.image_id, *c.volume_images.values())}
+
+    # -- mutations ----------------------------------------------------------------------
+
+    async def create(self, sandbox_id: str, config: ContainerConfig) -> Container:
+        return await self._in_flight.run(self._create(sandbox_id, config))
+
+    async def start(self, id_or_prefix: str) -> None:
+        await self._in_flight.run(self._start(id_or_prefix))
+
+    async def stop(self, id_or_prefix: str, timeout_s: float) -> None:
+        await self._in_flight.run(self._stop(id_or_prefix, timeout_s))
+
+    async def remove(self, id_or_prefix: str) -> None:
+        await self._in_flight.run(self._remove(id_or_prefix))
+
+    async def stop_all(self, sandbox_id: str) -> None:
+        """Kill every container of the pod at once, as StopPodSandbox asks."""
+        ids = [c.id for c in self.store.in_sandbox(sandbox_id)]
+        await asyncio.gather(*(self.stop(i, 0) for i in ids))
+
+    async def remove_all(self, sandbox_id: str) -> None:
+        ids = [c.id for c in self.store.in_sandbox(sandbox_id)]
+        await asyncio.gather(*(self._in_flight.run(self._remove(i)) for i in ids))
+
+    async def drain(self) -> None:
+        await self._in_flight.drain()
+
+    def _ready_sandbox(self, sandbox_id: str) -> Sandbox:
+        sandbox = self.sandboxes.get(sandbox_id)
+        if sandbox.state is not SandboxState.READY:
+            raise FailedPrecondition(
+                f"pod sandbox {sandbox.id} is not ready (stopped): its containers cannot run"
+            )
+        return sandbox
+
+    async def _create(self, sandbox_id: str, config: ContainerConfig) -> Container:
+        sandbox = self._ready_sandbox(sandbox_id)
+        validate(config)
+        image = self.images.find(config.image)
+        if image is None:
+            raise NotFound(f"image {config.image!r} not found: pull it first")
+        volume_images = {}
+        volumes: dict[int, list[Path]] = {}
+        for index, mount in enumerate(config.mounts):
+            if not mount.image:
+                continue
+            volume = self.images.find(mount.image)
+            if volume is None:
+                raise NotFound(f"image {mount.image!r} of config.mounts[{index}] not found")
+            volume_images[mount.container_path] = volume.id
+            volumes[index] = self.images.lower_dirs(volume)
+        runtime = self.runtimes[sandbox.runtime_handler]
+        container_id = secrets.token_hex(32)
+        paths = ContainerPaths.of(self.settings, container_id)
+        log_path = container_log_path(sandbox, config)
+        image_config = parse_image_config(await asyncio.to_thread(self.images.config, image))
+        container = Container(
+            id=container_id,
+            sandbox_id=sandbox.id,
+            config=config,
+            state=ContainerState.CREATING,
+            created_at_ns=time.time_ns(),
+            image_id=image.id,
+            image_ref=image.repo_digests[0] if image.repo_digests else image.id,
+            runtime_handler=sandbox.runtime_handler,
+            bundle=str(paths.bundle),
+            log_path=log_path,
+            stop_signal=config.stop_signal or image_config.stop_signal,
+            volume_images=volume_images,
+            resources=config.resources,
+        )
+        self.store.reserve(container, reserved_name(container, sandbox.name))
+        bound = log.bind(container_id=container_id, sandbox_id=sandbox.id)
+        started = time.perf_counter()
+        lowers = self.images.lower_dirs(image)
+        try:
+            filters = self._filters.get(sandbox.runtime_handler)
+            built = await asyncio.to_thread(
+                self.builder.build, container, sandbox, image_config, lowers, filters, volumes
+            )
+            files_done = time.perf_counter()
+            process = await create_container(
+                self.settings.conmon_path,
+                runtime,
+                container_id=container_id,
+                bundle=paths.bundle,
+                log_path=Path(log_path) if log_path else None,
+                exit_dir=self.settings.exits_dir,
+                socket_dir=self.settings.attach_dir,
+                tty=config.tty,
+                stdin=config.stdin,
+                stdin_once=config.stdin_once,
+            )
+            await asyncio.to_thread(release_volume_mounts, paths)
+        except BaseException as exc:
+            await self._undo_create(container, sandbox, runtime)
+            if isinstance(exc, ContainerCreateError):
+                raise ContainerRuntimeFailed(f"creating container {config.name!r}: {exc}") from None
+            raise
+        if filters is not None:
+            await asyncio.to_thread(filters.learn, built.spec, runtime.state_root / container_id)
+        self._exited[container_id] = asyncio.Event()
+        created = self.store.update(
+            container_id,
+            lambda c: replace(
+                c,
+                state=ContainerState.CREATED,
+                user=built.user,
+                pid=process.pid,
+                conmon_pid=process.conmon_pid,
+            ),
+        )
+        bound.info(
+            "container created",
+            name=config.name,
+            image=image.id,
+            ms=round((time.perf_counter() - started) * 1000, 2),
+            files_ms=round((files_done - started) * 1000, 2),
+        )
+        self._publish(EventKind.CREATED, created)
+        return created
+
+    async def _undo_create(
+        self, container: Container, sandbox: Sandbox, runtime: OciRuntime
+    ) -> None:
+        with contextlib.suppress(OciRuntimeError):
+            await runtime.delete(container.id, force=True)
+        paths = ContainerPaths.of(self.settings, container.id)
+        await asyncio.to_thread(self._remove_host_state, paths, sandbox, container.id)
+        self.store.delete(container.id)
+
+    def _remove_host_state(self, paths: ContainerPaths, sandbox: Sandbox | None, cid: str) -> None:
+        remove_files(paths)
+        (self.settings.exits_dir / cid).unlink(missing_ok=True)
+        (self.settings.attach_dir / cid).unlink(missing_ok=True)
+        if sandbox is not None:
+            self.cgroups.remove(container_cgroup_path(sandbox.cgroup_path, cid))
+
+    async def _start(self, id_or_prefix: str) -> None:
+        async with self._locked(id_or_prefix) as container:
+            # First: stopping the pod also ends the containers it never started.
+            self._ready_sandbox(container.sandbox_id)
+            if container.state is not ContainerState.CREATED:
+                raise FailedPrecondition(
+                    f"container {container.id} is {container.state.value}, not created"
+                )
+            runtime = self.runtimes[container.runtime_handler]
+            # Taken before the start: a short-lived container may exit (and be recorded as
+            # finished) before the runtime's `start` returns.
+            now = time.time_ns()
+            try:
+                await runtime.start(container.id)
+            except OciRuntimeError as exc:
+                # The runtime may complain about a container that started and already ended;
+                # conmon's exit file tells those apart from a start that never happened.
+                if read_exit_code(self.settings.exits_dir, container.id) is None:
+                    self._finish(container.id, 128, "ContainerCannotRun", str(exc))
+                    raise ContainerRuntimeFailed(
+                        f"starting container {container.id}: {exc}"
+                    ) from None
+            started = self.store.update(
+                container.id,
+                lambda c: (
+                    replace(c, state=ContainerState.RUNNING, started_at_ns=now)
+                    if c.state is ContainerState.CREATED
+                    else replace(c, started_at_ns=now)
+                ),
+            )
+            log.info("container started", container_id=container.id)
+            self._publish(EventKind.STARTED, started)
+            if started.state is ContainerState.EXITED:
+                self._publish(EventKind.STOPPED, started)
+
+    async def _stop(self, id_or_prefix: str, timeout_s: float) -> None:
+        # The CRI makes stop idempotent: the kubelet retries it after restarts, for
+        # containers that may be gone.
+        found = self.store.find(id_or_prefix)
+        if found is None:
+            return
+        async with self._lock(found.id):
+            current = self.store.find(found.id)
+            if current is not None:
+                await self._stop_locked(current, timeout_s)
+
+    async def _stop_locked(self, container: Container, timeout_s: float) -> None:
+        if container.state is not ContainerState.RUNNING:
+            # A created container has nothing running yet (its init waits for `start`), as
+            # in containerd stopping it changes nothing; removal deletes it.
+            return
+        runtime = self.runtimes[container.runtime_handler]
+        if timeout_s > 0:
+            signum = signal_number(container.stop_signal)
+            with contextlib.suppress(OciRuntimeError):
+                await runtime.kill(container.id, signum)
+            if await self._wait_exit(container.id, timeout_s):
+                return
+        with contextlib.suppress(OciRuntimeError):
+            await runtime.kill(container.id, signal.SIGKILL, all_processes=True)
+        if not await self._wait_exit(container.id, KILL_WAIT_S):
+            raise ContainerRuntimeFailed(f"container {container.id} did not exit after SIGKILL")
+
+    async def _wait_exit(self, container_id: str, timeout_s: float) -> bool:
+        current = self.store.find(container_id)
+        if current is None or current.state is ContainerState.EXITED:
+            return True
+        event = self._exited.setdefault(container_id, asyncio.Event())
+        try:
+            await asyncio.wait_for(event.wait(), timeout_s)
+        except TimeoutError:
+            return False
+        return True
+
+    async def _remove(self, id_or_prefix: str) -> None:
+        container = self.store.find(id_or_prefix)
+        if container is None:
+            return
+        async with self._lock(container.id):
+            current = self.store.find(container.id)
+            if current is None:
+                return
+            await self._stop_locked(current, 0)
+            runtime = self.runtimes.get(current.runtime_handler)
+            if runtime is not None:
+                with contextlib.suppress(OciRuntimeError):
+                    await runtime.delete(current.id, force=True)
+            sandbox = self.sandboxes.find(current.sandbox_id)
+            paths = ContainerPaths.of(self.settings, current.id)
+            await asyncio.to_thread(self._remove_host_state, paths, sandbox, current.id)
+            final = self.store.find(current.id) or current
+            self.store.delete(current.id)
+            self._exited.pop(current.id, None)
+            log.info("container removed", container_id=current.id)
+            self._publish(EventKind.DELETED, final)
+        self._locks.pop(container.id, None)
+
+    async def update_resources(self, id_or_prefix: str, resources: Resources) -> Container:
+        check_resources(resources, "linux")
+        async with self._locked(id_or_prefix) as container:
+            if container.state not in (ContainerState.CREATED, ContainerState.RUNNING):
+                raise FailedPrecondition(
+                    f"container {container.id} is {container.state.value}: nothing to update"
+                )
+            runtime = self.runtimes[container.runtime_handler]
+            clamped = replace(
+                resources, oom_score_adj=max(resources.oom_score_adj, own_oom_score_adj())
+            )
+            try:
+                await runtime.update(container.id, resources_to_oci(clamped))
+            except OciRuntimeError as exc:
+                raise InvalidArgument(
+                    f"updating container {container.id} resources: {exc} (limits unchanged)"
+                ) from None
+            return self.store.update(container.id, lambda c: replace(c, resources=resources))
+
+    async def reopen_log(self, id_or_prefix: str) -> None:
+        container = self.store.get(id_or_prefix)
+        if container.state is not ContainerState.RUNNING:
+            raise FailedPrecondition(
+                f"container {container.id} is {container.state.value}, not running: "
+                "no log to reopen"
+            )
+        log_path = Path(container.log_path) if container.log_path else None
+        try:
+            await asyncio.to_thread(reopen_log, Path(container.bundle), log_path)
+        except ConmonError as exc:
+            raise ContainerRuntimeFailed(f"container {container.id}: {exc}") from None
+
+    async def exec_sync(
+        self, id_or_prefix: str, command: list[str], timeout_s: float
+    ) -> tuple[int, bytes, bytes]:
+        container = self.store.get(id_or_prefix)
+        if container.state is not ContainerState.RUNNING:
+            raise FailedPrecondition(f"container {container.id} is not running")
+        if not command:
+            raise InvalidArgument("cmd is empty")
+        paths = ContainerPaths.of(self.settings, container.id)
+        process = await asyncio.to_thread(exec_process_spec, paths, command)
+        try:
+            result = await exec_sync(
+                self.settings.conmon_path,
+                self.runtimes[container.runtime_handler],
+                container_id=container.id,
+                bundle=paths.bundle,
+                process_spec=process,
+                timeout_s=timeout_s,
+                output_cap=EXEC_OUTPUT_CAP,
+            )
+        except ConmonError as exc:
+            raise ContainerRuntimeFailed(f"exec of {command!r}: {exc}") from None
+        if result.timed_out:
+            raise DeadlineExceeded(
+                f"command {command!r} in container {container.id} timed out after {timeout_s} s"
+            )
+        return result.exit_code, result.stdout, result.stderr
+
+    # -- exits --------------------------------------------------------------------------
+
+    def on_exit(self, container_id: str, exit_code: int) -> None:
+        """The exit watcher saw conmon's exit file for this container."""
+        container = self.store.find(container_id)
+        if container is None or container.state in (ContainerState.EXITED,):
+            return
+        oom = self._oom_killed(container)
+        reason = "OOMKilled" if oom else ("Completed" if exit_code == 0 else "Error")
+        finished = self._finish(container_id, 137 if oom else exit_code, reason, "")
+        log.info("container exited", container_id=container_id, exit_code=exit_code, reason=reason)
+        if finished.started_at_ns or container.state is ContainerState.RUNNING:
+            self._publish(EventKind.STOPPED, finished)
+
+    def _oom_killed(self, container: Container) -> bool:
+        sandbox = self.sandboxes.find(container.sandbox_id)
+        if sandbox is None:
+            return False
+        return self.cgroups.oom_kills(container_cgroup_path(sandbox.cgroup_path, container.id)) > 0
+
+    def _finish(self, container_id: str, exit_code: int, reason: str, message: str) -> Container:
+        now = time.time_ns()
+        finished = self.store.update(
+            container_id,
+            lambda c: replace(
+                c,
+                state=ContainerState.EXITED,
+                finished_at_ns=now,
+                exit_code=exit_code,
+                reason=reason,
+                message=message,
+            ),
+        )
+        self._exited.setdefault(container_id, asyncio.Event()).set()
+        return finished
+
+    def _publish(self, kind: EventKind, container: Container) -> None:
+        sandbox = self.sandboxes.find(container.sandbox_id)
+        pod = [
+            c
+            for c in self.store.in_sandbox(container.sandbox_id)
+            if c.state is not ContainerState.CREATING and c.id != container.id
+        ]
+        pod.append(container)
+        self.events.publish(ContainerEvent(kind, container, time.time_ns(), sandbox, pod))
+
+    # -- locking ------------------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def _locked(self, id_or_prefix: str) -> AsyncIterator[Container]:
+        found = self.store.get(id_or_prefix)
+        async with self._lock(found.id):
+            yield self.store.get(found.id)
+
+    def _lock(self, container_id: str) -> asyncio.Lock:
+        return self._locks.setdefault(container_id, asyncio.Lock())

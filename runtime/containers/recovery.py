@@ -1,0 +1,170 @@
+"""Reconciling container rows with the host when the agent starts.
+
+Containers outlive the agent under their conmon. A container that exited while the agent
+was away left its code in the exit dir; one whose conmon is gone without an exit file went
+down with the host (the exit dir lives on tmpfs) and is reported exited with reason Unknown.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from runtime.containers.bundle import ContainerPaths, container_cgroup_path, remove_files
+from runtime.containers.model import Container, ContainerState
+from runtime.host.cgroups import CgroupLayout
+from runtime.settings import RuntimeSettings
+from runtime.state.container_store import ContainerStore
+from runtime.state.sandbox_store import SandboxStore
+
+UNKNOWN_EXIT_CODE = 255
+
+
+def reconcile_containers(
+    settings: RuntimeSettings,
+    cgroups: CgroupLayout,
+    store: ContainerStore,
+    sandboxes: SandboxStore,
+) -> list[str]:
+    fixed: list[str] = []
+    for container in store.all():
+        try:
+            fixed += _reconcile(settings, cgroups, store, sandboxes, container)
+        except OSError as exc:
+            fixed.append(f"could not reconcile container {container.id}: {exc}")
+    fixed += _remove_orphans(settings, {c.id for c in store.all()})
+    return fixed
+
+
+def _reconcile(
+    settings: RuntimeSettings,
+    cgroups: CgroupLayout,
+    store: ContainerStore,
+    sandboxes: SandboxStore,
+    container: Container,
+) -> list[str]:
+    if container.state is ContainerState.CREATING:
+        for pid in conmon_pids(container.id):
+            _kill(pid)
+        handler = settings.handlers.get(container.runtime_handler)
+        if handler is not None:
+            subprocess.run(
+                [
+                    handler.path,
+                    "--root",
+                    settings.oci_state_dir(handler.name),
+                    "delete",
+                    "-f",
+                    container.id,
+                ],
+                capture_output=True,
+                check=False,
+            )
+        remove_files(ContainerPaths.of(settings, container.id))
+        sandbox = sandboxes.find(container.sandbox_id)
+        if sandbox is not None:
+            cgroups.remove(container_cgroup_path(sandbox.cgroup_path, container.id))
+        store.delete(container.id)
+        return [f"removed half-created container {container.id}"]
+    if container.state not in (ContainerState.CREATED, ContainerState.RUNNING):
+        return []
+    exit_file = settings.exits_dir / container.id
+    try:
+        code = int(exit_file.read_text().strip() or UNKNOWN_EXIT_CODE)
+        finished = exit_file.stat().st_mtime_ns
+    except (FileNotFoundError, ValueError):
+        code, finished = -1, 0
+    if code >= 0:
+        reason = "Completed" if code == 0 else "Error"
+        sandbox = sandboxes.find(container.sandbox_id)
+        if sandbox is not None and cgroups.oom_kills(
+            container_cgroup_path(sandbox.cgroup_path, container.id)
+        ):
+            code, reason = 137, "OOMKilled"
+        _exited(store, container, code, reason, "", finished)
+        return [f"container {container.id} exited while the agent was away: {code}"]
+    if conmon_pids(container.id):
+        return []
+    _exited(
+        store,
+        container,
+        UNKNOWN_EXIT_CODE,
+        "Unknown",
+        "the container's conmon is gone and left no exit code (host reboot?)",
+        time.time_ns(),
+    )
+    return [f"container {container.id} is gone without an exit code"]
+
+
+def _exited(  # noqa: PLR0917
+    store: ContainerStore,
+    container: Container,
+    code: int,
+    reason: str,
+    message: str,
+    finished_at_ns: int,
+) -> None:
+    store.update(
+        container.id,
+        lambda c: replace(
+            c,
+            state=ContainerState.EXITED,
+            exit_code=code,
+            reason=reason,
+            message=message,
+            finished_at_ns=finished_at_ns,
+        ),
+    )
+
+
+def conmon_pids(container_id: str) -> list[int]:
+    """conmon processes supervising this container, found by their command line."""
+    wanted = container_id.encode()
+    found = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+        except OSError:
+            continue
+        if argv and argv[0].endswith(b"conmon") and wanted in argv:
+            found.append(int(entry.name))
+    return found
+
+
+def _kill(pid: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+
+
+def _remove_orphans(settings: RuntimeSettings, known: set[str]) -> list[str]:
+    fixed = []
+    for parent in (settings.containers_dir, settings.containers_run_dir):
+        try:
+            entries = list(parent.iterdir())
+        except FileNotFoundError:
+            continue
+        for directory in entries:
+            if directory.name not in known:
+                remove_files(ContainerPaths.of(settings, directory.name))
+                shutil.rmtree(directory, ignore_errors=True)
+                fixed.append(f"removed orphan container dir {directory}")
+    for exit_file in _files(settings.exits_dir):
+        if exit_file.name not in known:
+            exit_file.unlink(missing_ok=True)
+    return fixed
+
+
+def _files(directory: Path) -> list[Path]:
+    try:
+        return list(directory.iterdir())
+    except FileNotFoundError:
+        return []

@@ -1,0 +1,231 @@
+"""Pod sandbox lifecycle: the async edge over the blocking steps in pods/setup.py.
+
+Mutations are shielded from the caller's cancellation: once kubelet's deadline passes, the
+pod is still either fully built (and kept, so a retry finds the name reserved) or fully
+undone; never half of each. On shutdown, drain() lets the ones under way finish.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+import subprocess
+import time
+from collections.abc import AsyncIterator
+from dataclasses import replace
+from pathlib import Path
+
+import structlog
+
+from network.errors import NetworkError
+from network.types import HostPort, PodNetwork, PodNetworkRequest
+from runtime.errors import FailedPrecondition, InvalidArgument, NotFound
+from runtime.host.cgroups import CgroupLayout, pod_cgroup_path
+from runtime.in_flight import InFlight
+from runtime.pods.model import (
+    NamespaceMode,
+    Sandbox,
+    SandboxConfig,
+    SandboxFilter,
+    SandboxState,
+)
+from runtime.pods.setup import build_sandbox, remove_sandbox, sandbox_paths, stop_sandbox
+from runtime.pods.sysctls import validate_sysctls
+from runtime.pods.userns import supported as userns_supported
+from runtime.settings import RuntimeSettings
+from runtime.state.sandbox_store import SandboxStore
+
+log = structlog.get_logger("moorage.sandbox")
+
+# Linux's HOST_NAME_MAX.
+MAX_HOSTNAME_BYTES = 64
+
+
+class SandboxManager:
+    def __init__(
+        self,
+        settings: RuntimeSettings,
+        store: SandboxStore,
+        cgroups: CgroupLayout,
+        network: PodNetwork,
+    ) -> None:
+        self.settings = settings
+        self.network = network
+        self.store = store
+        self.cgroups = cgroups
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._infra_children: dict[str, subprocess.Popen[bytes]] = {}
+        self._in_flight = InFlight()
+
+    async def run(self, config: SandboxConfig) -> Sandbox:
+        return await self._in_flight.run(self._run(config))
+
+    async def stop(self, id_or_prefix: str) -> None:
+        await self._in_flight.run(self._stop(id_or_prefix))
+
+    async def remove(self, id_or_prefix: str) -> None:
+        await self._in_flight.run(self._remove(id_or_prefix))
+
+    async def drain(self) -> None:
+        """Wait for every mutation under way, even those whose caller went away."""
+        await self._in_flight.drain()
+
+    def status(self, id_or_prefix: str) -> Sandbox:
+        return self.store.get(id_or_prefix)
+
+    def select(self, flt: SandboxFilter | None = None) -> list[Sandbox]:
+        return self.store.select(flt)
+
+    def _new_sandbox(self, config: SandboxConfig) -> Sandbox:
+        handler = config.runtime_handler or self.settings.default_handler
+        if handler not in self.settings.handlers:
+            raise NotFound(
+                f"runtime handler {handler!r} is not configured "
+                f"(configured: {', '.join(sorted(self.settings.handlers))})"
+            )
+        if len(config.hostname.encode()) > MAX_HOSTNAME_BYTES or "\0" in config.hostname:
+            raise InvalidArgument(
+                f"config.hostname {config.hostname!r} is not a valid hostname "
+                f"(at most {MAX_HOSTNAME_BYTES} bytes)"
+            )
+        ns = config.namespaces
+        for field_name, mode in (("network", ns.network), ("ipc", ns.ipc), ("pid", ns.pid)):
+            if mode is NamespaceMode.TARGET:
+                raise InvalidArgument(
+                    f"linux.security_context.namespace_options.{field_name}: "
+                    "TARGET is only valid for containers"
+                )
+        if ns.user is not None:
+            if not userns_supported():
+                raise FailedPrecondition(
+                    "this node cannot give pods user namespaces (they need kernel 5.19 or "
+                    "later and user.max_user_namespaces > 0)"
+                )
+            shared = [
+                name
+                for name, mode in (("network", ns.network), ("ipc", ns.ipc), ("pid", ns.pid))
+                if mode is NamespaceMode.NODE
+            ]
+            if shared:
+                raise InvalidArgument(
+                    "linux.security_context.namespace_options: a pod with its own user "
+                    f"namespace cannot share the node's {', '.join(shared)} namespace"
+                )
+        sandbox_id = secrets.token_hex(32)
+        sandbox_dir, _, shm = sandbox_paths(self.settings, sandbox_id)
+        parent = config.cgroup_parent or self.settings.default_cgroup_parent
+        return Sandbox(
+            id=sandbox_id,
+            config=replace(config, runtime_handler=handler),
+            state=SandboxState.CREATING,
+            created_at_ns=time.time_ns(),
+            runtime_handler=handler,
+            cgroup_path=pod_cgroup_path(self.settings.cgroup_driver, parent, sandbox_id),
+            shm_path="" if ns.ipc is NamespaceMode.NODE else str(shm),
+            resolv_conf_path=str(sandbox_dir / "resolv.conf"),
+        )
+
+    async def _run(self, config: SandboxConfig) -> Sandbox:
+        sysctl_paths = validate_sysctls(config.sysctls, config.namespaces)
+        sandbox = self._new_sandbox(config)
+        self.store.reserve(sandbox)
+        bound = log.bind(sandbox_id=sandbox.id, sandbox_name=sandbox.name)
+        started = time.perf_counter()
+        try:
+            built = await asyncio.to_thread(
+                build_sandbox, self.settings, self.cgroups, sandbox, sysctl_paths
+            )
+        except BaseException:
+            self.store.delete(sandbox.id)
+            raise
+        sandbox = replace(sandbox, pins=built.pins, infra=built.infra)
+        try:
+            ips = await self._attach_network(sandbox)
+            ready = self.store.update(
+                sandbox.id, lambda _: replace(sandbox, state=SandboxState.READY, ips=ips)
+            )
+        except BaseException:
+            try:
+                await self._detach_network(sandbox)
+            except NetworkError as exc:
+                # The attach undid its own work before raising; this pass only catches what a
+                # cancellation left. Its failure must not keep the namespaces, cgroup and row.
+                bound.warning("network teardown after a failed run", error=str(exc))
+            await asyncio.to_thread(
+                remove_sandbox, self.settings, self.cgroups, sandbox, built.infra_child
+            )
+            self.store.delete(sandbox.id)
+            raise
+        if built.infra_child is not None:
+            self._infra_children[sandbox.id] = built.infra_child
+        bound.info(
+            "sandbox ready",
+            ips=ips,
+            infra_pid=built.infra.pid if built.infra else None,
+            build_ms=round((time.perf_counter() - started) * 1000, 2),
+        )
+        return ready
+
+    def network_request(self, sandbox: Sandbox) -> PodNetworkRequest:
+        md = sandbox.config.metadata
+        netns = sandbox.netns_path
+        return PodNetworkRequest(
+            sandbox_id=sandbox.id,
+            pod_name=md.name,
+            pod_namespace=md.namespace,
+            pod_uid=md.uid,
+            netns_path=netns if netns and Path(netns).exists() else "",
+            host_ports=[
+                HostPort(p.protocol.value, p.container_port, p.host_port, p.host_ip)
+                for p in sandbox.config.port_mappings
+            ],
+        )
+
+    async def _attach_network(self, sandbox: Sandbox) -> list[str]:
+        if sandbox.config.namespaces.network is NamespaceMode.NODE:
+            return []
+        status = await self.network.attach(self.network_request(sandbox))
+        return status.ips
+
+    async def _detach_network(self, sandbox: Sandbox) -> None:
+        """Idempotent: also called on pods whose network is half built or already gone."""
+        if sandbox.config.namespaces.network is not NamespaceMode.NODE:
+            await self.network.detach(self.network_request(sandbox))
+
+    async def _stop(self, id_or_prefix: str) -> None:
+        async with self._locked(id_or_prefix) as sandbox:
+            if sandbox is None:
+                return
+            await self._detach_network(sandbox)
+            child = self._infra_children.get(sandbox.id)
+            await asyncio.to_thread(stop_sandbox, self.settings, sandbox, child)
+            self._infra_children.pop(sandbox.id, None)
+            if sandbox.state is not SandboxState.NOTREADY:
+                self.store.update(sandbox.id, lambda s: replace(s, state=SandboxState.NOTREADY))
+                log.info("sandbox stopped", sandbox_id=sandbox.id)
+
+    async def _remove(self, id_or_prefix: str) -> None:
+        async with self._locked(id_or_prefix) as sandbox:
+            if sandbox is None:
+                return
+            await self._detach_network(sandbox)
+            child = self._infra_children.get(sandbox.id)
+            await asyncio.to_thread(remove_sandbox, self.settings, self.cgroups, sandbox, child)
+            self._infra_children.pop(sandbox.id, None)
+            self.store.delete(sandbox.id)
+            log.info("sandbox removed", sandbox_id=sandbox.id)
+        self._locks.pop(sandbox.id, None)
+
+    @contextlib.asynccontextmanager
+    async def _locked(self, id_or_prefix: str) -> AsyncIterator[Sandbox | None]:
+        """The sandbox under its lock, looked up again once the lock is held; None if gone."""
+        found = self.store.find(id_or_prefix)
+        if found is None:
+            yield None
+            return
+        async with self._lock(found.id):
+            yield self.store.find(found.id)
+
+    def _lock(self, sandbox_id: str) -> asyncio.Lock:
+        return self._locks.setdefault(sandbox_id, asyncio.Lock())
