@@ -20,7 +20,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +50,11 @@ METRICS_PORT = free_port()
 
 
 @contextlib.contextmanager
-def own_agent() -> Iterator[tuple[Path, int]]:
+def own_agent(
+    launcher: Sequence[str | Path] = (), env: Mapping[str, str] | None = None
+) -> Iterator[tuple[Path, int]]:
+    """launcher: what runs `moorage` (its argv before the subcommand), the installed entry
+    point by default; env: added to the agent's environment."""
     base = Path(tempfile.mkdtemp(prefix="mbench-", dir="/tmp"))
     # As a node's /run: a user-namespaced pod's root must reach its rootfs below.
     base.chmod(0o711)
@@ -68,7 +72,7 @@ def own_agent() -> Iterator[tuple[Path, int]]:
     log = (base / "agent.log").open("w")
     proc = subprocess.Popen(
         [
-            REPO / ".venv/bin/moorage",
+            *(launcher or [REPO / ".venv/bin/moorage"]),
             "serve",
             "--config",
             config,
@@ -83,6 +87,7 @@ def own_agent() -> Iterator[tuple[Path, int]]:
         ],
         stdout=log,
         stderr=log,
+        env={**os.environ, **(env or {})},
     )
     try:
         wait_for_socket(socket, proc)
