@@ -26,8 +26,6 @@ from tests.e2e.kernel import (
 )
 from tests.e2e.pods import assert_rpc_error, pod_config
 
-pytestmark = pytest.mark.root
-
 
 def _snapshot(agent: Agent) -> dict[str, tuple[Any, ...]]:
     """What kubelet sees of each pod: id -> (state, metadata, labels, annotations, created)."""

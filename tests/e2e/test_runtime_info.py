@@ -17,8 +17,6 @@ from tests.e2e.agent import Agent
 from tests.e2e.kernel import wait_until
 from tests.e2e.pods import assert_rpc_error, pod_config
 
-pytestmark = pytest.mark.root
-
 MIB = 1024 * 1024
 
 

@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-import pytest
 from cri_api.v1 import api_pb2 as pb
 
 from tests.e2e.agent import Agent
@@ -27,8 +26,6 @@ from tests.e2e.kernel import (
     wait_until,
 )
 from tests.e2e.pods import assert_rpc_error, pod_config
-
-pytestmark = pytest.mark.root
 
 MIB = 1024 * 1024
 

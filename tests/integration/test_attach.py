@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 from pathlib import Path
 
 import pytest
@@ -16,7 +15,6 @@ from tests.integration.test_conmon import BUSYBOX, CONMON, Host
 from tests.integration.test_exec_stream import WAIT_S, FakeClient, own_fds, run_container
 
 pytestmark = [
-    pytest.mark.skipif(os.geteuid() != 0, reason="needs root"),
     pytest.mark.skipif(not CONMON.is_file(), reason="needs conmon"),
     pytest.mark.skipif(not BUSYBOX.is_file(), reason="needs busybox-static"),
 ]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import time
@@ -13,8 +12,6 @@ import pytest
 
 from metrics.cgroup_reader import CgroupReader
 from runtime.cgroups import CgroupLayout, CgroupMode
-
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
 
 ALLOCATED_BYTES = 64 << 20
 # Waits until it sits in the test cgroup, so the memory is charged there, then allocates,

@@ -33,8 +33,6 @@ from tests.cni_plugins import remove_plugin_rules, rule_marker, standard_plugins
 from tests.e2e.kernel import wait_until
 from tests.netutil import REPLY, fetch, free_port, in_new_thread, node_ipv4, pod_listener
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
-
 DEBIAN_CNI_BIN = Path("/usr/lib/cni")
 T = TypeVar("T")
 

@@ -43,7 +43,6 @@ REPO = Path(__file__).resolve().parents[2]
 LOG_LINE = re.compile(r"^[\d-]{10}T[\d:]{8}\.\d{9}[+-]\d\d:\d\d (stdout|stderr) ([FP]) ")
 
 pytestmark = [
-    pytest.mark.skipif(os.geteuid() != 0, reason="needs root"),
     pytest.mark.skipif(not CONMON.is_file(), reason="needs conmon"),
     pytest.mark.skipif(not BUSYBOX.is_file(), reason="needs busybox-static"),
 ]

@@ -21,7 +21,6 @@ from tests.integration import test_conmon
 from tests.integration.test_conmon import BUSYBOX, CONMON, Host, process
 
 pytestmark = [
-    pytest.mark.skipif(os.geteuid() != 0, reason="needs root"),
     pytest.mark.skipif(not CONMON.is_file(), reason="needs conmon"),
     pytest.mark.skipif(not BUSYBOX.is_file(), reason="needs busybox-static"),
 ]

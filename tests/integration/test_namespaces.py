@@ -8,13 +8,10 @@ import subprocess
 from pathlib import Path
 from typing import TypeVar
 
-import pytest
-
 from network.namespaces import bring_up_loopback, entered, is_pinned, pin_current, unpin, unshared
 from runtime.settings import RuntimeSettings
 from tests.netutil import in_new_thread
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
 T = TypeVar("T")
 
 

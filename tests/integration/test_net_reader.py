@@ -10,14 +10,11 @@ import time
 import uuid
 from pathlib import Path
 
-import pytest
-
 from metrics.model import InterfaceStats
 from metrics.net_reader import read_interfaces
 from network.namespaces import bring_up_loopback, entered, pin_current, unpin, unshared
 from tests.netutil import in_new_thread
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
 PACKETS = 20
 PAYLOAD = 1000
 

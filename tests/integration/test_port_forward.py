@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import socket
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from pathlib import Path
@@ -17,8 +16,6 @@ from network.namespaces import bring_up_loopback, entered, pin_current, unpin, u
 from runtime.port_forward import forward_port
 from runtime.settings import RuntimeSettings
 from tests.netutil import in_new_thread
-
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
 
 WAIT_S = 10.0
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Coroutine[Any, Any, None]]

@@ -30,8 +30,6 @@ from runtime.state_db import StateDB
 from runtime.sysctls import validate_sysctls
 from tests.netutil import in_new_thread
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
-
 
 def new_sandbox(settings: RuntimeSettings, pid: NamespaceMode, **config: object) -> Sandbox:
     sandbox_id = secrets.token_hex(32)
