@@ -24,8 +24,8 @@ import pytest
 from tests.e2e.agent import Agent, AgentFactory
 from tests.e2e.containers import Pod, container_config, exec_sync, pulled
 from tests.e2e.fake_apiserver import FakeApiServer, FakePod
-from tests.e2e.kernel import wait_until
 from tests.registry_fixture import LocalRegistry
+from tests.waiting import wait_until
 
 KUBECTL = Path("/usr/bin/kubectl")
 if not KUBECTL.exists():

@@ -23,9 +23,9 @@ from tests.e2e.kernel import (
     nsenter,
     process_id,
     process_name,
-    wait_until,
 )
 from tests.e2e.pods import assert_rpc_error, pod_config
+from tests.waiting import wait_until
 
 MIB = 1024 * 1024
 

@@ -103,10 +103,11 @@ async def test_a_terminal_attach_resizes_through_conmon(host: Host) -> None:
     )
     client.resize(width=120, height=40)
     # The resize travels through conmon on its own path: ask until the new size shows.
-    while b"40 120" not in client.out:
-        answered = client.out.count(b"\n") + 2  # the echoed newline, then the size
-        client.send(b"\n")
-        await client.wait_lines(answered)
+    async with asyncio.timeout(WAIT_S):
+        while b"40 120" not in client.out:
+            answered = client.out.count(b"\n") + 2  # the echoed newline, then the size
+            client.send(b"\n")
+            await client.wait_lines(answered)
     client.go_away()
     await asyncio.wait_for(attached, WAIT_S)
     state = await host.runtime.state(container_id)

@@ -30,8 +30,8 @@ from network.errors import NetworkNotReady
 from network.namespaces import bring_up_loopback, pin_current, unpin, unshared
 from network.types import HostPort, PodNetworkRequest
 from tests.cni_plugins import remove_plugin_rules, rule_marker, standard_plugins
-from tests.e2e.kernel import wait_until
 from tests.netutil import REPLY, fetch, free_port, in_new_thread, node_ipv4, pod_listener
+from tests.waiting import wait_until
 
 DEBIAN_CNI_BIN = Path("/usr/lib/cni")
 T = TypeVar("T")

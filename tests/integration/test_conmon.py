@@ -32,7 +32,8 @@ from runtime.conmon import (
 from runtime.exit_watcher import ExitWatcher
 from runtime.oci_runtime import OciRuntime, OciRuntimeError
 from runtime.processes import find_by_environment
-from tests.e2e.kernel import wait_until_async
+from tests.e2e.kernel import remove_cgroup_dir
+from tests.waiting import wait_until_async
 
 CONMON = Path(shutil.which("conmon") or "/usr/bin/conmon")
 BUSYBOX = Path("/bin/busybox")
@@ -201,14 +202,7 @@ def _remove_cgroups(parent: str) -> None:
         if not top.is_dir():
             continue
         for dirpath, _, _ in sorted(os.walk(top), key=lambda w: -len(w[0])):
-            for _ in range(50):
-                try:
-                    Path(dirpath).rmdir()
-                    break
-                except FileNotFoundError:
-                    break
-                except OSError:
-                    time.sleep(0.02)  # the last task of a killed container is still leaving
+            remove_cgroup_dir(Path(dirpath), timeout_s=1.0)
 
 
 def _exit_recorded(exits: Path, container_id: str) -> Callable[[], bool]:
@@ -341,9 +335,11 @@ asyncio.run(main())
 """
 
 
-def _create_from_an_agent_then_kill_it(host: Host, container_id: str, bundle: Path) -> list[int]:
+def _create_from_an_agent_then_kill_it(
+    host: Host, container_id: str, bundle: Path
+) -> tuple[int, list[int]]:
     """Create and start the container from a child process, then kill -9 its process group;
-    returns the (conmon, container) pids it printed."""
+    returns the child's session and the (conmon, container) pids it printed."""
     runtime = host.runtime
     arguments = {
         "name": runtime.name,
@@ -364,7 +360,7 @@ def _create_from_an_agent_then_kill_it(host: Host, container_id: str, bundle: Pa
     )
     try:
         assert agent.stdout is not None
-        return [int(pid) for pid in agent.stdout.readline().split()]
+        return agent.pid, [int(pid) for pid in agent.stdout.readline().split()]
     finally:
         os.killpg(agent.pid, signal.SIGKILL)
         agent.wait()
@@ -373,9 +369,13 @@ def _create_from_an_agent_then_kill_it(host: Host, container_id: str, bundle: Pa
 async def test_killing_the_agent_does_not_stop_the_container(host: Host) -> None:
     """conmon runs in its own session: a kill -9 of its launcher (and its group) spares it."""
     container_id, bundle = host.bundle(["/bin/sleep", "60"])
-    pids = await asyncio.to_thread(_create_from_an_agent_then_kill_it, host, container_id, bundle)
+    agent_session, pids = await asyncio.to_thread(
+        _create_from_an_agent_then_kill_it, host, container_id, bundle
+    )
     assert len(pids) == 2
-    await asyncio.sleep(0.2)
+    # Outside the killed group for good, not only not dead yet: the kill reached the group
+    # before the launcher was reaped, and conmon's session is its own.
+    assert all(os.getsid(pid) != agent_session for pid in pids)
     assert all(_alive(pid) for pid in pids)
     state = await host.runtime.state(container_id)
     assert state is not None and state["status"] == "running"
