@@ -8,7 +8,6 @@ import os
 import re
 import shutil
 import signal
-import statistics
 import subprocess
 import sys
 import time
@@ -407,23 +406,6 @@ async def test_unknown_containers_have_no_state_and_delete_quietly(host: Host) -
     await host.runtime.delete("mt-never-created")
     with pytest.raises(OciRuntimeError):
         await host.runtime.start("mt-never-created")
-
-
-async def test_create_and_start_timing(host: Host, capsys: pytest.CaptureFixture[str]) -> None:
-    durations_ms = []
-    for _ in range(10):
-        started = time.perf_counter()
-        container_id, _, _ = await host.create(["/bin/true"], log=False)
-        await start_container(host.runtime, container_id)
-        durations_ms.append((time.perf_counter() - started) * 1000)
-        assert await wait_until_async(_exit_recorded(host.exits, container_id))
-        await host.runtime.delete(container_id, force=True)
-    how = "with private mount ns" if host.runtime.hide_mount else "plain"
-    with capsys.disabled():
-        print(
-            f"\n{host.runtime.name} ({how}) create+start via conmon: median "
-            f"{statistics.median(durations_ms):.1f} ms, min {min(durations_ms):.1f} ms"
-        )
 
 
 def process(args: list[str], env: list[str] | None = None) -> dict[str, object]:
