@@ -1,4 +1,5 @@
-"""Time CRI calls against a real agent and print median and p95 per RPC.
+"""Time CRI calls against a real agent and print median and p95 per RPC, with the host figures
+below the agent (conmon create+start, v1 cgroup reads) alongside.
 
 Without --socket it starts its own agent on a temporary socket/root/run-dir and a cgroup parent
 of its own, and removes all of it afterwards.
@@ -30,6 +31,7 @@ from cri_api.v1 import api_pb2_grpc
 
 from cri.logging import configure_logging
 from hack.bench_containers import bench_containers
+from hack.bench_host import bench_cgroup_reads, bench_conmon
 from hack.bench_streaming import bench_streaming
 from network.bridge import delete_link
 from network.bridge_network import BridgeNetwork, BridgeSettings
@@ -329,7 +331,9 @@ def main() -> int:
         bench_sandboxes(stub, args.n, timings)
         bench_bridge(args.n, timings)
         bench_cni(args.n, timings)
-        notes = bench_images(socket, timings)
+        notes = bench_conmon(args.n, timings)
+        notes += bench_cgroup_reads(args.n, timings)
+        notes += bench_images(socket, timings)
         notes += bench_containers(
             socket, args.n, timings, agent_pid, str(socket.parent), METRICS_PORT
         )

@@ -1,16 +1,16 @@
-"""Session fixtures for image pulls: test image layouts and local registries serving them.
-
-Built and started at most once per run, and only when a test asks for them.
+"""The root gate for the whole suite, and session fixtures for image pulls: test image
+layouts and local registries serving them, built and started at most once per run and only when
+a test asks for them.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests import root_gate
 from tests.images_build import BUSYBOX, build_all
 from tests.registry_fixture import (
     REPO_PREFIX,
@@ -25,6 +25,20 @@ from tests.registry_fixture import (
 TEST_LARGE_BYTES = 20 * 1024 * 1024
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # By directory, so a new module there cannot forget the gate.
+    for item in items:
+        if root_gate.needs_root(item.path):
+            item.add_marker(root_gate.MARKER)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    # Before any fixture: they are what would need root.
+    if item.get_closest_marker(root_gate.MARKER) is not None:
+        root_gate.require_root()
+
+
 @pytest.fixture(scope="session")
 def test_images(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Image name -> OCI layout directory (tag "latest"); see tests.images_build for contents."""
@@ -34,8 +48,6 @@ def test_images(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 def _started(auth: bool) -> LocalRegistry:
-    if os.geteuid() != 0:
-        pytest.skip("needs root")
     if missing := missing_binaries():
         pytest.skip(f"needs {', '.join(missing)}")
     return start_registry(auth=auth)

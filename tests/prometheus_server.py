@@ -7,7 +7,6 @@ import json
 import shutil
 import subprocess
 import tempfile
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ import httpx
 import pytest
 
 from tests.netutil import free_port
+from tests.waiting import wait_until
 
 DEADLINE_S = 60.0
 
@@ -66,18 +66,25 @@ def query_until(
     url: str, query: str, accept: Callable[[list[dict[str, Any]]], bool]
 ) -> list[dict[str, Any]]:
     """Ask Prometheus's HTTP API until the result satisfies `accept` (or fail at the deadline)."""
-    deadline = time.monotonic() + DEADLINE_S
+    accepted: list[list[dict[str, Any]]] = []
     last_answer = "no answer yet"
+
+    def answered(client: httpx.Client) -> bool:
+        nonlocal last_answer
+        try:
+            response = client.get(f"{url}/api/v1/query", params={"query": query})
+            results: list[dict[str, Any]] = response.json().get("data", {}).get("result", [])
+        except (httpx.TransportError, ValueError) as error:
+            # Prometheus is still starting: its port is not open, or it answers 503.
+            last_answer = repr(error)
+            return False
+        last_answer = response.text
+        if results and accept(results):
+            accepted.append(results)
+            return True
+        return False
+
     with httpx.Client(timeout=2) as client:
-        while time.monotonic() < deadline:
-            try:
-                response = client.get(f"{url}/api/v1/query", params={"query": query})
-                results: list[dict[str, Any]] = response.json().get("data", {}).get("result", [])
-                if results and accept(results):
-                    return results
-                last_answer = response.text
-            except (httpx.TransportError, ValueError) as error:
-                # Prometheus is still starting: its port is not open, or it answers 503.
-                last_answer = repr(error)
-            time.sleep(0.2)
+        if wait_until(lambda: answered(client), DEADLINE_S):
+            return accepted[-1]
     pytest.fail(f"prometheus did not answer {query} within {DEADLINE_S}s; last: {last_answer}")

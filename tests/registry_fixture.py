@@ -10,13 +10,13 @@ import secrets
 import shutil
 import subprocess
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 
 from tests.netutil import free_port
+from tests.waiting import wait_until
 
 REGISTRY_BIN = "/usr/bin/docker-registry"
 REPO_PREFIX = "moorage-test"
@@ -90,19 +90,22 @@ def _write_htpasswd(path: Path, username: str, password: str) -> None:
     path.write_text(line.strip() + "\n")
 
 
+def _answers(registry: LocalRegistry) -> bool:
+    try:
+        return httpx.get(f"{registry.url}/v2/", timeout=1.0).status_code in (200, 401)
+    except httpx.TransportError:
+        return False  # not listening yet
+
+
 def _wait_until_serving(registry: LocalRegistry) -> None:
-    deadline = time.monotonic() + STARTUP_TIMEOUT
-    while time.monotonic() < deadline:
-        if registry.process.poll() is not None:
-            log = (registry.storage / "registry.log").read_text(errors="replace")
-            raise RegistryError(f"docker-registry exited {registry.process.returncode}: {log}")
-        try:
-            if httpx.get(f"{registry.url}/v2/", timeout=1.0).status_code in (200, 401):
-                return
-        except httpx.TransportError:
-            pass  # not listening yet
-        time.sleep(0.05)
-    raise RegistryError(f"docker-registry on {registry.address} did not answer /v2/ in time")
+    # An exit ends the wait too: the log then says why, and waiting on would not help.
+    if not wait_until(
+        lambda: registry.process.poll() is not None or _answers(registry), STARTUP_TIMEOUT
+    ):
+        raise RegistryError(f"docker-registry on {registry.address} did not answer /v2/ in time")
+    if registry.process.poll() is not None:
+        log = (registry.storage / "registry.log").read_text(errors="replace")
+        raise RegistryError(f"docker-registry exited {registry.process.returncode}: {log}")
 
 
 def _launch(auth: bool) -> LocalRegistry:

@@ -8,7 +8,6 @@ touching anything another agent, test run or engineer owns.
 from __future__ import annotations
 
 import contextlib
-import errno
 import functools
 import json
 import os
@@ -34,9 +33,10 @@ from tests.e2e.kernel import (
     is_alive,
     mounts_under,
     process_id,
-    wait_until,
+    remove_cgroup_dir,
 )
 from tests.netutil import free_port
+from tests.waiting import wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 MOORAGE = REPO / ".venv" / "bin" / "moorage"
@@ -154,16 +154,17 @@ class Agent:
 
     def _wait_until_serving(self) -> None:
         assert self.process is not None
+        process = self.process
         deadline = time.monotonic() + START_TIMEOUT_S
-        while not _socket_accepts(self.socket):
-            if self.process.poll() is not None:
-                raise AgentFailed(
-                    f"agent exited with {self.process.returncode} before serving:\n"
-                    + self.log_tail()
-                )
-            if time.monotonic() > deadline:
-                raise AgentFailed(f"agent did not open {self.socket}:\n" + self.log_tail())
-            time.sleep(0.01)
+        # An exit ends the wait too: the log then says why, and waiting on would not help.
+        if not wait_until(
+            lambda: process.poll() is not None or _socket_accepts(self.socket), START_TIMEOUT_S
+        ):
+            raise AgentFailed(f"agent did not open {self.socket}:\n" + self.log_tail())
+        if process.poll() is not None:
+            raise AgentFailed(
+                f"agent exited with {process.returncode} before serving:\n" + self.log_tail()
+            )
         self._connect()
         remaining_s = max(deadline - time.monotonic(), 1.0)
         version = self.runtime.Version(
@@ -490,15 +491,7 @@ def _remove_cgroup_tree(top: Path, timeout_s: float = 5.0) -> list[str]:
     deadline = time.monotonic() + timeout_s
     for dirpath, _, _ in os.walk(top, topdown=False):
         directory = Path(dirpath)
-        while True:
-            try:
-                directory.rmdir()
-                break
-            except FileNotFoundError:
-                break
-            except OSError as exc:
-                if exc.errno != errno.EBUSY or time.monotonic() > deadline:
-                    problems.append(f"rmdir {directory}: {exc.strerror}")
-                    break
-            time.sleep(0.01)
+        error = remove_cgroup_dir(directory, max(deadline - time.monotonic(), 0.0))
+        if error is not None:
+            problems.append(f"rmdir {directory}: {error.strerror}")
     return problems

@@ -10,9 +10,9 @@ import pytest
 from cri_api.v1 import api_pb2 as pb
 
 from tests.e2e.agent import RPC_TIMEOUT_S, Agent
-from tests.e2e.kernel import wait_until
 from tests.e2e.pods import pod_config
 from tests.registry_fixture import REPO_PREFIX, LocalRegistry
+from tests.waiting import wait_until
 
 
 def image_name(registry: LocalRegistry, name: str = "single") -> str:

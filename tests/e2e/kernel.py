@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
+import errno
 import os
 import subprocess
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
+
+from tests.waiting import wait_until
 
 CGROUP_FS = Path("/sys/fs/cgroup")
 
@@ -38,30 +38,6 @@ def is_alive(proc: ProcessId) -> bool:
     """The same process still exists and is not a zombie."""
     fields = _stat_fields(proc.pid)
     return fields is not None and fields[0] != "Z" and int(fields[19]) == proc.start_ticks
-
-
-def wait_until(condition: Callable[[], bool], timeout_s: float = 5.0) -> bool:
-    """Poll `condition` until it holds or the deadline passes; returns its last value."""
-    deadline = time.monotonic() + timeout_s
-    delay_s = 0.005
-    while not condition():
-        if time.monotonic() > deadline:
-            return condition()
-        time.sleep(delay_s)
-        delay_s = min(delay_s * 2, 0.1)
-    return True
-
-
-async def wait_until_async(condition: Callable[[], bool], timeout_s: float = 5.0) -> bool:
-    """wait_until for a condition that the running event loop must make true meanwhile."""
-    deadline = time.monotonic() + timeout_s
-    delay_s = 0.005
-    while not condition():
-        if time.monotonic() > deadline:
-            return condition()
-        await asyncio.sleep(delay_s)
-        delay_s = min(delay_s * 2, 0.1)
-    return True
 
 
 def _unescape(field: str) -> str:
@@ -138,3 +114,24 @@ def children_of(pid: int) -> list[int]:
         except FileNotFoundError:
             continue
     return found
+
+
+def remove_cgroup_dir(directory: Path, timeout_s: float) -> OSError | None:
+    """rmdir a cgroup, again while it is busy (its killed tasks are still leaving) until the
+    deadline; returns the error that stopped it, None once it is gone."""
+    error: OSError | None = None
+
+    def settled() -> bool:
+        nonlocal error
+        error = None
+        try:
+            directory.rmdir()
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            error = exc
+            return exc.errno != errno.EBUSY
+        return True
+
+    wait_until(settled, timeout_s)
+    return error

@@ -14,8 +14,6 @@ import pytest
 from tests.e2e.agent import MOORAGE
 from tests.e2e.kernel import mounts
 
-pytestmark = pytest.mark.root
-
 EXPECTED_CHECKS = [
     "oci runtime crun",
     "oci runtime runc",

@@ -17,10 +17,10 @@ from cri_api.v1 import api_pb2 as pb
 from network.bridge import delete_link
 from tests.cni_plugins import remove_plugin_rules, rule_marker, standard_plugins
 from tests.e2e.agent import Agent, AgentFactory
-from tests.e2e.kernel import wait_until
 from tests.e2e.pods import assert_rpc_error, pod_config
 from tests.e2e.test_network import netns, pod_ip, with_host_port
 from tests.netutil import REPLY, fetch, free_port, node_ipv4, pings, pod_listener
+from tests.waiting import wait_until
 
 PLUGINS = Path("/usr/lib/cni")
 

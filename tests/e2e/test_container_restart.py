@@ -19,9 +19,9 @@ from tests.e2e.containers import (
     status,
     wait_for_exit,
 )
-from tests.e2e.kernel import wait_until
 from tests.e2e.pods import pod_config
 from tests.registry_fixture import LocalRegistry
+from tests.waiting import wait_until
 
 CYCLES = 50
 

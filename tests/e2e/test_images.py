@@ -14,10 +14,10 @@ import pytest
 from cri_api.v1 import api_pb2 as pb
 
 from tests.e2e.agent import Agent, AgentFactory
-from tests.e2e.kernel import wait_until
 from tests.e2e.pods import assert_rpc_error
 from tests.registry_fixture import LocalRegistry
 from tests.registry_proxy import FaultyProxy
+from tests.waiting import wait_until
 
 
 def pull(agent: Agent, name: str, **auth: str) -> str:

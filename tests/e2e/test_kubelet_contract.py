@@ -25,9 +25,9 @@ from tests.e2e.containers import (
     status,
     stop,
 )
-from tests.e2e.kernel import wait_until
 from tests.e2e.pods import assert_rpc_error
 from tests.registry_fixture import LocalRegistry
+from tests.waiting import wait_until
 
 UNKNOWN_ID = "e" * 64
 

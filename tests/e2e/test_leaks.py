@@ -7,14 +7,12 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import grpc
-import pytest
 from cri_api.v1 import api_pb2 as pb
 
 from tests.e2e.agent import Agent
-from tests.e2e.kernel import ProcessId, is_alive, process_id, wait_until
+from tests.e2e.kernel import ProcessId, is_alive, process_id
 from tests.e2e.pods import assert_rpc_error, pod_config, rpc_error
-
-pytestmark = pytest.mark.root
+from tests.waiting import wait_until
 
 CYCLES = 50
 # grpc and sqlite may open a few descriptors lazily; a leak per pod would show as >= 50.

@@ -11,8 +11,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.e2e.agent import Agent
 from tests.e2e.containers import Pod, container_config, pulled
-from tests.e2e.kernel import wait_until
 from tests.registry_fixture import LocalRegistry
+from tests.waiting import wait_until
 
 BASE = ["container", "id", "image", "name", "namespace", "pod"]
 DEVICE = [*BASE, "device"]

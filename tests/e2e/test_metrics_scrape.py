@@ -13,9 +13,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.e2e.agent import Agent
 from tests.e2e.containers import Pod, container_config, pulled, remove
-from tests.e2e.kernel import wait_until
 from tests.prometheus_server import query_until, running_prometheus
 from tests.registry_fixture import LocalRegistry
+from tests.waiting import wait_until
 
 MIB = 1024 * 1024
 

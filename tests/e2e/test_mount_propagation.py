@@ -14,9 +14,10 @@ from cri_api.v1 import api_pb2 as pb
 
 from tests.e2e.agent import Agent
 from tests.e2e.containers import Pod, container_config, exec_sync, pulled
-from tests.e2e.kernel import mount_at, wait_until
+from tests.e2e.kernel import mount_at
 from tests.e2e.pods import assert_rpc_error
 from tests.registry_fixture import LocalRegistry
+from tests.waiting import wait_until
 
 
 @pytest.fixture

@@ -22,11 +22,9 @@ from tests.e2e.kernel import (
     mount_at,
     process_id,
     process_name,
-    wait_until,
 )
 from tests.e2e.pods import assert_rpc_error, pod_config
-
-pytestmark = pytest.mark.root
+from tests.waiting import wait_until
 
 
 def _snapshot(agent: Agent) -> dict[str, tuple[Any, ...]]:

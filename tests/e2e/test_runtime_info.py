@@ -14,10 +14,8 @@ import pytest
 from cri_api.v1 import api_pb2 as pb
 
 from tests.e2e.agent import Agent
-from tests.e2e.kernel import wait_until
 from tests.e2e.pods import assert_rpc_error, pod_config
-
-pytestmark = pytest.mark.root
+from tests.waiting import wait_until
 
 MIB = 1024 * 1024
 

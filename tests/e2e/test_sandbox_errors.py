@@ -12,8 +12,6 @@ from cri_api.v1 import api_pb2 as pb
 from tests.e2e.agent import Agent, AgentFactory
 from tests.e2e.pods import assert_rpc_error, pod_config, rpc_error
 
-pytestmark = pytest.mark.root
-
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 
 

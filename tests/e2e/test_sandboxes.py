@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-import pytest
 from cri_api.v1 import api_pb2 as pb
 
 from tests.e2e.agent import Agent
@@ -24,11 +23,9 @@ from tests.e2e.kernel import (
     nsenter,
     process_id,
     process_name,
-    wait_until,
 )
 from tests.e2e.pods import assert_rpc_error, pod_config
-
-pytestmark = pytest.mark.root
+from tests.waiting import wait_until
 
 MIB = 1024 * 1024
 

@@ -16,11 +16,11 @@ from cri_api.v1 import api_pb2 as pb
 
 from tests.e2e.agent import Agent
 from tests.e2e.containers import Pod, container_config, exec_sync, pulled, stop
-from tests.e2e.kernel import wait_until
 from tests.e2e.pods import assert_rpc_error
 from tests.registry_fixture import LocalRegistry
 from tests.streaming.spdy_client import SpdyClient, UpgradeRefused, connect
 from tests.streaming.ws_client import ChannelClient, Rejected, WsClient
+from tests.waiting import wait_until
 
 TIMEOUT_S = 30
 

@@ -15,8 +15,6 @@ import pytest
 from runtime.host.cgroups import CgroupLayout
 from runtime.settings import RuntimeSettings
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
-
 
 def _unmount_below(directory: Path) -> None:
     with open("/proc/self/mounts") as mounts:

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 
@@ -13,8 +11,6 @@ import pytest
 
 from metrics.cgroup_reader import CgroupReader
 from runtime.host.cgroups import CgroupLayout, CgroupMode
-
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
 
 ALLOCATED_BYTES = 64 << 20
 # Waits until it sits in the test cgroup, so the memory is charged there, then allocates,
@@ -102,25 +98,3 @@ def test_a_fresh_cgroup_without_limits_reads_as_unlimited() -> None:
     assert stats.pids == type(stats.pids)(current=0, limit=None)
     assert stats.cpu.usage_ns == 0
     assert stats.blkio == []
-
-
-def test_reading_100_cgroups_is_fast_enough_for_a_scrape() -> None:
-    """Not a pass/fail benchmark: prints the time so regressions are visible with -s."""
-    layout = v1_layout()
-    reader = CgroupReader.of(layout.v1_roots, layout.unified_root)
-    parent = f"/moorage-test-{uuid.uuid4().hex[:10]}"
-    paths = [f"{parent}/ctr-{i}" for i in range(100)]
-    try:
-        for path in paths:
-            layout.create(path)
-        for path in paths:
-            reader.read(path)  # warm the dentry cache as a running agent would have
-        runs = []
-        for _ in range(5):
-            started = time.perf_counter()
-            for path in paths:
-                assert reader.read(path) is not None
-            runs.append(time.perf_counter() - started)
-        print(f"\n100 v1 cgroups: best {min(runs) * 1000:.1f} ms, worst {max(runs) * 1000:.1f} ms")
-    finally:
-        layout.remove(parent)

@@ -31,10 +31,8 @@ from network.netns import bring_up_loopback
 from network.types import HostPort, PodNetworkRequest
 from runtime.host.namespaces import pin_current, unpin, unshared
 from tests.cni_plugins import remove_plugin_rules, rule_marker, standard_plugins
-from tests.e2e.kernel import wait_until
 from tests.netutil import REPLY, fetch, free_port, in_new_thread, node_ipv4, pod_listener
-
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
+from tests.waiting import wait_until
 
 DEBIAN_CNI_BIN = Path("/usr/lib/cni")
 T = TypeVar("T")

@@ -8,7 +8,6 @@ import os
 import re
 import shutil
 import signal
-import statistics
 import subprocess
 import sys
 import time
@@ -32,7 +31,8 @@ from runtime.oci.conmon import (
     start_container,
 )
 from runtime.oci.runtime_cli import OciRuntime, OciRuntimeError
-from tests.e2e.kernel import wait_until_async
+from tests.e2e.kernel import remove_cgroup_dir
+from tests.waiting import wait_until_async
 
 CONMON = Path(shutil.which("conmon") or "/usr/bin/conmon")
 BUSYBOX = Path("/bin/busybox")
@@ -43,7 +43,6 @@ REPO = Path(__file__).resolve().parents[2]
 LOG_LINE = re.compile(r"^[\d-]{10}T[\d:]{8}\.\d{9}[+-]\d\d:\d\d (stdout|stderr) ([FP]) ")
 
 pytestmark = [
-    pytest.mark.skipif(os.geteuid() != 0, reason="needs root"),
     pytest.mark.skipif(not CONMON.is_file(), reason="needs conmon"),
     pytest.mark.skipif(not BUSYBOX.is_file(), reason="needs busybox-static"),
 ]
@@ -202,14 +201,7 @@ def _remove_cgroups(parent: str) -> None:
         if not top.is_dir():
             continue
         for dirpath, _, _ in sorted(os.walk(top), key=lambda w: -len(w[0])):
-            for _ in range(50):
-                try:
-                    Path(dirpath).rmdir()
-                    break
-                except FileNotFoundError:
-                    break
-                except OSError:
-                    time.sleep(0.02)  # the last task of a killed container is still leaving
+            remove_cgroup_dir(Path(dirpath), timeout_s=1.0)
 
 
 def _exit_recorded(exits: Path, container_id: str) -> Callable[[], bool]:
@@ -342,9 +334,11 @@ asyncio.run(main())
 """
 
 
-def _create_from_an_agent_then_kill_it(host: Host, container_id: str, bundle: Path) -> list[int]:
+def _create_from_an_agent_then_kill_it(
+    host: Host, container_id: str, bundle: Path
+) -> tuple[int, list[int]]:
     """Create and start the container from a child process, then kill -9 its process group;
-    returns the (conmon, container) pids it printed."""
+    returns the child's session and the (conmon, container) pids it printed."""
     runtime = host.runtime
     arguments = {
         "name": runtime.name,
@@ -365,7 +359,7 @@ def _create_from_an_agent_then_kill_it(host: Host, container_id: str, bundle: Pa
     )
     try:
         assert agent.stdout is not None
-        return [int(pid) for pid in agent.stdout.readline().split()]
+        return agent.pid, [int(pid) for pid in agent.stdout.readline().split()]
     finally:
         os.killpg(agent.pid, signal.SIGKILL)
         agent.wait()
@@ -374,9 +368,13 @@ def _create_from_an_agent_then_kill_it(host: Host, container_id: str, bundle: Pa
 async def test_killing_the_agent_does_not_stop_the_container(host: Host) -> None:
     """conmon runs in its own session: a kill -9 of its launcher (and its group) spares it."""
     container_id, bundle = host.bundle(["/bin/sleep", "60"])
-    pids = await asyncio.to_thread(_create_from_an_agent_then_kill_it, host, container_id, bundle)
+    agent_session, pids = await asyncio.to_thread(
+        _create_from_an_agent_then_kill_it, host, container_id, bundle
+    )
     assert len(pids) == 2
-    await asyncio.sleep(0.2)
+    # Outside the killed group for good, not only not dead yet: the kill reached the group
+    # before the launcher was reaped, and conmon's session is its own.
+    assert all(os.getsid(pid) != agent_session for pid in pids)
     assert all(_alive(pid) for pid in pids)
     state = await host.runtime.state(container_id)
     assert state is not None and state["status"] == "running"
@@ -408,23 +406,6 @@ async def test_unknown_containers_have_no_state_and_delete_quietly(host: Host) -
     await host.runtime.delete("mt-never-created")
     with pytest.raises(OciRuntimeError):
         await host.runtime.start("mt-never-created")
-
-
-async def test_create_and_start_timing(host: Host, capsys: pytest.CaptureFixture[str]) -> None:
-    durations_ms = []
-    for _ in range(10):
-        started = time.perf_counter()
-        container_id, _, _ = await host.create(["/bin/true"], log=False)
-        await start_container(host.runtime, container_id)
-        durations_ms.append((time.perf_counter() - started) * 1000)
-        assert await wait_until_async(_exit_recorded(host.exits, container_id))
-        await host.runtime.delete(container_id, force=True)
-    how = "with private mount ns" if host.runtime.hide_mount else "plain"
-    with capsys.disabled():
-        print(
-            f"\n{host.runtime.name} ({how}) create+start via conmon: median "
-            f"{statistics.median(durations_ms):.1f} ms, min {min(durations_ms):.1f} ms"
-        )
 
 
 def process(args: list[str], env: list[str] | None = None) -> dict[str, object]:

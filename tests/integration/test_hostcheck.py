@@ -5,8 +5,6 @@ import pytest
 
 from runtime.host.checks import HostCheck, format_host_checks, host_checks_pass, run_host_checks
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
-
 CRUN = Path("/usr/bin/crun")
 RUNC = Path("/usr/sbin/runc")
 CONMON = Path("/usr/bin/conmon")

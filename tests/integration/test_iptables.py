@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ipaddress
-import os
 import secrets
 import subprocess
 from collections.abc import Iterator
@@ -12,8 +11,6 @@ import pytest
 
 from network.iptables import PodRules
 from network.types import HostPort
-
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
 
 NETWORK = ipaddress.ip_network("10.251.0.0/24")
 

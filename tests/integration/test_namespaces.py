@@ -8,14 +8,11 @@ import subprocess
 from pathlib import Path
 from typing import TypeVar
 
-import pytest
-
 from network.netns import bring_up_loopback, is_pinned
 from runtime.host.namespaces import entered, pin_current, unpin, unshared
 from runtime.settings import RuntimeSettings
 from tests.netutil import in_new_thread
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
 T = TypeVar("T")
 
 

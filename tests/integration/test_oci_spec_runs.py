@@ -31,7 +31,6 @@ SECCOMP_PROFILE = Path("/usr/share/containers/seccomp.json")
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 
 pytestmark = [
-    pytest.mark.root,
     pytest.mark.skipif(RUNC is None, reason="needs runc"),
     pytest.mark.skipif(not BUSYBOX.is_file(), reason=f"needs {BUSYBOX} (busybox-static)"),
 ]

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import socket
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from pathlib import Path
@@ -18,8 +17,6 @@ from runtime.host.namespaces import entered, pin_current, unpin, unshared
 from runtime.settings import RuntimeSettings
 from runtime.streaming.port_forward import forward_port
 from tests.netutil import in_new_thread
-
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
 
 WAIT_S = 10.0
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Coroutine[Any, Any, None]]

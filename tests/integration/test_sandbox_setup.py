@@ -31,8 +31,6 @@ from runtime.state.db import StateDB
 from runtime.state.sandbox_store import SandboxStore
 from tests.netutil import in_new_thread
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
-
 
 def new_sandbox(settings: RuntimeSettings, pid: NamespaceMode, **config: object) -> Sandbox:
     sandbox_id = secrets.token_hex(32)

@@ -9,33 +9,27 @@ import pytest
 
 from runtime.containers.events import ContainerEvent, EventBus, EventKind, SubscriberDropped
 from tests.unit.test_container_store import container
+from tests.waiting import wait_until_async
 
 
 def event(kind: EventKind, container_id: str = "c1") -> ContainerEvent:
     return ContainerEvent(kind, container(container_id), 1, None, [])
 
 
-async def take(bus: EventBus, count: int, ready: asyncio.Event) -> list[EventKind]:
-    kinds = []
+async def take(bus: EventBus, count: int, kinds: list[EventKind]) -> list[EventKind]:
+    """Subscribe, then read `count` events into `kinds` as they come."""
     stream = bus.subscribe()
-    pending = asyncio.ensure_future(anext(stream))
-    await asyncio.sleep(0)
-    ready.set()
-    while True:
-        kinds.append((await pending).kind)
-        if len(kinds) == count:
-            await stream.aclose()  # type: ignore[attr-defined]
-            return kinds
-        pending = asyncio.ensure_future(anext(stream))
+    while len(kinds) < count:
+        kinds.append((await anext(stream)).kind)
+    await stream.aclose()  # type: ignore[attr-defined]
+    return kinds
 
 
 def test_two_subscribers_see_every_event_in_order() -> None:
     async def scenario() -> list[list[EventKind]]:
         bus = EventBus()
-        readies = [asyncio.Event(), asyncio.Event()]
-        readers = [asyncio.ensure_future(take(bus, 4, ready)) for ready in readies]
-        for ready in readies:
-            await ready.wait()
+        readers = [asyncio.ensure_future(take(bus, 4, [])) for _ in range(2)]
+        assert await wait_until_async(lambda: bus.subscribers == 2)
         for kind in EventKind:
             bus.publish(event(kind))
         return list(await asyncio.gather(*readers))
@@ -48,15 +42,17 @@ def test_a_subscriber_too_far_behind_is_dropped_and_others_go_on() -> None:
         bus = EventBus(queue_size=2)
         slow = bus.subscribe()
         first = asyncio.ensure_future(anext(slow))
-        await asyncio.sleep(0)
-        ready = asyncio.Event()
-        fast = asyncio.ensure_future(take(bus, 4, ready))
-        await ready.wait()
+        kinds: list[EventKind] = []
+        fast = asyncio.ensure_future(take(bus, 4, kinds))
+        assert await wait_until_async(lambda: bus.subscribers == 2)
+        published: list[EventKind] = []
         for kind in EventKind:
             bus.publish(event(kind))
-            await asyncio.sleep(0)
+            published.append(kind)
+            # The fast one keeps up: it has read each event before the next is published.
+            assert await wait_until_async(lambda: kinds == published)
         await first
-        kinds = await fast
+        await fast
         with pytest.raises(SubscriberDropped):
             while True:
                 await anext(slow)

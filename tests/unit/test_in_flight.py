@@ -11,27 +11,34 @@ from runtime.in_flight import InFlight
 
 async def test_a_cancelled_caller_leaves_the_work_running_and_drain_waits_for_it() -> None:
     in_flight = InFlight()
-    release = asyncio.Event()
+    started, release, draining = asyncio.Event(), asyncio.Event(), asyncio.Event()
     done: list[str] = []
 
     async def work() -> str:
+        started.set()
         await release.wait()
         done.append("finished")
         return "result"
 
+    async def drain_then_look() -> list[str]:
+        # Nothing awaits between set() and drain's first wait: once this task is seen
+        # draining, drain has looked at the work under way.
+        draining.set()
+        await in_flight.drain()
+        return list(done)
+
     caller = asyncio.create_task(in_flight.run(work()))
-    await asyncio.sleep(0)
+    await started.wait()
     caller.cancel()
     with pytest.raises(asyncio.CancelledError):
         await caller
-    draining = asyncio.create_task(in_flight.drain())
-    await asyncio.sleep(0)
-    assert not draining.done()
+    drained = asyncio.create_task(drain_then_look())
+    await draining.wait()
+    assert not drained.done()
 
     release.set()
-    await draining
 
-    assert done == ["finished"]
+    assert await drained == ["finished"]
 
 
 async def test_run_returns_the_result_and_raises_the_error() -> None:

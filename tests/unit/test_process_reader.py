@@ -13,7 +13,7 @@ import pytest
 
 from metrics.cgroup_reader import CgroupReader
 from metrics.process_reader import read_processes
-from tests.e2e.kernel import wait_until
+from tests.waiting import wait_until
 
 # Two threads, a socket pair and a known open-files limit.
 _CHILD = """

@@ -10,7 +10,7 @@ import pytest
 
 from runtime.host.processes import is_running, kill_and_wait, kill_tree, start_ticks
 from runtime.pods.model import InfraProcess
-from tests.e2e.kernel import wait_until
+from tests.waiting import wait_until
 
 
 def _wait_for_exit_without_reaping(child: subprocess.Popen[bytes]) -> None:

@@ -21,7 +21,6 @@ from runtime.images.unpack import LayerError, unpack_layer
 Entry = tuple[tarfile.TarInfo, bytes]
 CAP = 1 << 30
 T0 = 1_600_000_000
-needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
 
 
 def entry(
@@ -126,7 +125,7 @@ def test_entries_keep_their_metadata(tmp_path: Path, dest: Path) -> None:
             assert (info.st_uid, info.st_gid) == (1000, 1001)
 
 
-@needs_root
+@pytest.mark.root
 def test_devices_are_made(tmp_path: Path, dest: Path) -> None:
     blob = layer(
         tmp_path,
@@ -192,7 +191,7 @@ def test_whiteouts_become_overlay_whiteouts(tmp_path: Path, dest: Path) -> None:
     assert all(is_whiteout(dest / "dir" / name) for name in ("below", "gone", "sub"))
 
 
-@needs_root
+@pytest.mark.root
 def test_opaque_marker_sets_the_overlay_xattr(tmp_path: Path, dest: Path) -> None:
     blob = layer(
         tmp_path,

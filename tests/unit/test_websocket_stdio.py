@@ -321,8 +321,16 @@ async def test_client_vanishing_mid_stream_ends_the_session_quietly(mid_frame: b
 async def test_inbox_holds_back_a_producer_past_its_limit() -> None:
     inbox = Inbox(limit=4)
     await inbox.put(b"abcd")
-    blocked = asyncio.create_task(inbox.put(b"efgh"))
-    await asyncio.sleep(0)  # one turn of the loop: the put runs up to its wait
+    putting = asyncio.Event()
+
+    async def put_second() -> None:
+        # Nothing awaits between set() and the put: a put that does not wait is done by the
+        # time this task is seen putting.
+        putting.set()
+        await inbox.put(b"efgh")
+
+    blocked = asyncio.create_task(put_second())
+    await putting.wait()
     assert not blocked.done()
     assert await inbox.get() == b"abcd"
     await blocked
