@@ -12,6 +12,7 @@ from runtime.container_setup import ContainerPaths, exec_process_spec
 from runtime.containers import ContainerManager
 from runtime.errors import FailedPrecondition
 from runtime.exec_stream import exec_streaming
+from runtime.model import Sandbox, SandboxState
 from runtime.port_forward import forward_port
 from runtime.sandboxes import SandboxManager
 from runtime.settings import RuntimeSettings
@@ -25,6 +26,19 @@ class StreamingSessions:
         self.settings = settings
         self.containers = containers
         self.sandboxes = sandboxes
+
+    def streamable(self, container_id: str) -> Container:
+        """A running container in a ready pod: what an Exec or Attach URL is handed out for."""
+        container = self._running(container_id)
+        self.forwardable(container.sandbox_id)
+        return container
+
+    def forwardable(self, sandbox_id: str) -> Sandbox:
+        """A ready pod: what a PortForward URL is handed out for."""
+        sandbox = self.sandboxes.status(sandbox_id)
+        if sandbox.state is not SandboxState.READY:
+            raise FailedPrecondition(f"pod sandbox {sandbox.id} is not ready")
+        return sandbox
 
     async def exec(self, container_id: str, command: list[str], client: StdioClient) -> int:
         container = self._running(container_id)
