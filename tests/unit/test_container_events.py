@@ -8,7 +8,7 @@ import asyncio
 import pytest
 
 from runtime.container_events import ContainerEvent, EventBus, EventKind, SubscriberDropped
-from tests.unit.test_container_store import container
+from tests.unit.builders import container
 
 
 def event(kind: EventKind, container_id: str = "c1") -> ContainerEvent:
