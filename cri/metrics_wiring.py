@@ -35,10 +35,10 @@ class MetricsSnapshot:
         self.reader = reader
 
     def __call__(self) -> tuple[list[ContainerSample], list[PodSample]]:
-        sandboxes = {s.id: s for s in self.runtime.sandboxes.store.all()}
+        sandboxes = {s.id: s for s in self.runtime.sandboxes.all()}
         filesystem = read_filesystem(str(self.runtime.settings.containers_dir))
         containers: list[ContainerSample] = []
-        for container in self.runtime.containers.store.all():
+        for container in self.runtime.containers.all():
             sandbox = sandboxes.get(container.sandbox_id)
             if sandbox is None or container.state is not ContainerState.RUNNING:
                 continue
@@ -123,7 +123,7 @@ class AgentMetrics:
                 log.warning("OOM kill counting fell behind the events; some may be missed")
 
     def _pod_states(self) -> Counter[str]:
-        return Counter(s.state.value for s in self.runtime.sandboxes.store.all())
+        return Counter(s.state.value for s in self.runtime.sandboxes.all())
 
     def _container_states(self) -> Counter[str]:
-        return Counter(c.state.value for c in self.runtime.containers.store.all())
+        return Counter(c.state.value for c in self.runtime.containers.all())

@@ -1,11 +1,6 @@
 """ListMetricDescriptors and ListPodSandboxMetrics: the cAdvisor figures over the CRI, for
-kubelets that take them from the runtime instead of cAdvisor.
-
-Both read the table the Prometheus endpoint serves (metrics/cadvisor_series.py), so the
-three agree on names, help texts and labels; the descriptors are the table itself, complete
-from the first call. The CRI carries unsigned integers: values are rounded, and the one
-negative figure cAdvisor has (an unlimited open-files limit, -1) goes out as 0.
-"""
+kubelets that take them from the runtime instead of cAdvisor. Both read the same snapshot and
+table the Prometheus endpoint serves, so the two agree."""
 
 from __future__ import annotations
 
@@ -16,73 +11,19 @@ from typing import Any
 import grpc
 from cri_api.v1 import api_pb2 as pb
 
+from cri.convert import metrics as convert
 from cri.handlers import Handlers
 from cri.metrics_wiring import MetricsSnapshot, cgroup_reader
-from metrics.cadvisor_series import CONTAINER_SERIES, COUNTER, POD_SERIES
-from metrics.container_metrics import container_view
-
-# Built once: the table is fixed, so every call answers the same message.
-_DESCRIPTORS = pb.ListMetricDescriptorsResponse(
-    descriptors=[
-        pb.MetricDescriptor(name=series.name, help=series.help, label_keys=series.labels)
-        for series in CONTAINER_SERIES
-    ]
-    + [
-        pb.MetricDescriptor(name=series.name, help=series.help, label_keys=series.labels)
-        for series in POD_SERIES
-    ]
-)
-
-
-def _kind(kind: str) -> Any:
-    return pb.COUNTER if kind == COUNTER else pb.GAUGE
-
-
-def _value(value: float) -> Any:
-    return pb.UInt64Value(value=max(round(value), 0))
 
 
 class PodMetricsRpcs(Handlers):
     async def ListMetricDescriptors(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        return _DESCRIPTORS
+        return convert.DESCRIPTORS
 
     async def ListPodSandboxMetrics(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         snapshot = MetricsSnapshot(self.runtime, cgroup_reader(self.runtime))
         containers, pods = await asyncio.to_thread(snapshot)
-        now_ns = time.time_ns()
-        by_pod = {
-            s.id: pb.PodSandboxMetrics(pod_sandbox_id=s.id) for s in self.runtime.sandboxes.select()
-        }
-        for pod in pods:
-            if pod.sandbox_id not in by_pod:
-                continue
-            for pod_series in POD_SERIES:
-                for interface in pod.interfaces:
-                    by_pod[pod.sandbox_id].metrics.append(
-                        pb.Metric(
-                            name=pod_series.name,
-                            timestamp=now_ns,
-                            metric_type=_kind(pod_series.kind),
-                            label_values=[*pod.labels, interface.name],
-                            value=_value(pod_series.value(interface)),
-                        )
-                    )
-        for sample in containers:
-            if sample.sandbox_id not in by_pod:
-                continue
-            view = container_view(sample, now_ns / 1e9)
-            metrics = [
-                pb.Metric(
-                    name=series.name,
-                    timestamp=now_ns,
-                    metric_type=_kind(series.kind),
-                    label_values=[*sample.labels, *extra],
-                    value=_value(value),
-                )
-                for series in CONTAINER_SERIES
-                for extra, value in series.values(view)
-            ]
-            by_pod[sample.sandbox_id].container_metrics.append(
-                pb.ContainerMetrics(container_id=sample.name, metrics=metrics)
-            )
-        return pb.ListPodSandboxMetricsResponse(pod_metrics=list(by_pod.values()))
+        sandbox_ids = [s.id for s in self.runtime.sandboxes.select()]
+        return pb.ListPodSandboxMetricsResponse(
+            pod_metrics=convert.pod_metrics_to_proto(sandbox_ids, containers, pods, time.time_ns())
+        )

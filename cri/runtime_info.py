@@ -11,8 +11,8 @@ import grpc
 from cri_api.v1 import api_pb2 as pb
 
 from cri.config import config_as_dict
+from cri.convert import runtime_status as convert
 from cri.handlers import Handlers
-from runtime.agent import Readiness
 from runtime.pods import userns
 
 RUNTIME_NAME = "moorage"
@@ -29,12 +29,6 @@ def agent_version() -> str:
         return "0.0.0+unknown"
 
 
-def _condition(kind: str, readiness: Readiness) -> Any:
-    return pb.RuntimeCondition(
-        type=kind, status=readiness.ready, reason=readiness.reason, message=readiness.message
-    )
-
-
 class RuntimeInfoRpcs(Handlers):
     async def Version(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         return pb.VersionResponse(
@@ -47,20 +41,12 @@ class RuntimeInfoRpcs(Handlers):
     async def Status(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         runtime = self.runtime
         conditions = [
-            _condition("RuntimeReady", runtime.runtime_readiness()),
-            _condition("NetworkReady", runtime.network_readiness()),
+            convert.condition_to_proto("RuntimeReady", runtime.runtime_readiness()),
+            convert.condition_to_proto("NetworkReady", runtime.network_readiness()),
         ]
-        # Recursive read-only and idmapped binds are staged on the host and the pod's user
-        # namespace made by the agent, so every handler has them.
-        features = pb.RuntimeHandlerFeatures(
-            recursive_read_only_mounts=True, user_namespaces=userns.supported()
+        handlers = convert.runtime_handlers_to_proto(
+            list(runtime.settings.handlers), userns.supported()
         )
-        handlers = [
-            pb.RuntimeHandler(name=name, features=features)
-            for name in sorted(runtime.settings.handlers)
-        ]
-        # kubelet looks the default handler up under the empty name.
-        handlers.insert(0, pb.RuntimeHandler(name="", features=features))
         info = {}
         if request.verbose:
             info["config"] = json.dumps(config_as_dict(self.config), sort_keys=True)
@@ -74,7 +60,7 @@ class RuntimeInfoRpcs(Handlers):
         )
 
     async def RuntimeConfig(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        driver = pb.SYSTEMD if self.runtime.settings.cgroup_driver == "systemd" else pb.CGROUPFS
+        driver = convert.cgroup_driver_to_proto(self.runtime.settings.cgroup_driver)
         return pb.RuntimeConfigResponse(linux=pb.LinuxRuntimeConfiguration(cgroup_driver=driver))
 
     async def UpdateRuntimeConfig(self, request: Any, context: grpc.aio.ServicerContext) -> Any:

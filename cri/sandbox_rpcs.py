@@ -8,7 +8,9 @@ from typing import Any
 import grpc
 from cri_api.v1 import api_pb2 as pb
 
-from cri import convert
+from cri.convert import sandboxes as convert
+from cri.convert.filters import sandbox_filter_from_proto
+from cri.convert.info import verbose_info
 from cri.handlers import Handlers
 
 
@@ -28,11 +30,11 @@ class PodSandboxRpcs(Handlers):
 
     async def PodSandboxStatus(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         sandbox = self.runtime.sandboxes.status(request.pod_sandbox_id)
-        info = convert.sandbox_verbose_info(sandbox) if request.verbose else {}
+        info = verbose_info(sandbox.verbose_info()) if request.verbose else {}
         return pb.PodSandboxStatusResponse(
             status=convert.sandbox_status_to_proto(sandbox), info=info, timestamp=time.time_ns()
         )
 
     async def ListPodSandbox(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        sandboxes = self.runtime.sandboxes.select(convert.sandbox_filter_from_proto(request))
+        sandboxes = self.runtime.sandboxes.select(sandbox_filter_from_proto(request))
         return pb.ListPodSandboxResponse(items=[convert.sandbox_to_proto(s) for s in sandboxes])

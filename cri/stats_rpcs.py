@@ -9,13 +9,13 @@ from typing import Any
 import grpc
 from cri_api.v1 import api_pb2 as pb
 
+from cri.convert.containers import container_id
+from cri.convert.filters import container_stats_filter_from_proto, pod_stats_filter_from_proto
+from cri.convert.stats import container_stats_to_proto, pod_stats_to_proto
 from cri.handlers import Handlers
 from cri.metrics_wiring import cgroup_reader
-from cri.stats_convert import container_stats_to_proto, pod_stats_to_proto
 from cri.stats_source import StatsSource
 from runtime.containers.model import ContainerFilter
-from runtime.errors import InvalidArgument
-from runtime.pods.model import SandboxFilter
 
 
 class StatsRpcs(Handlers):
@@ -29,9 +29,7 @@ class StatsRpcs(Handlers):
         return str(self.runtime.settings.containers_dir)
 
     async def ContainerStats(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        if not request.container_id:
-            raise InvalidArgument("container_id is empty")
-        container = self.runtime.containers.status(request.container_id)
+        container = self.runtime.containers.status(container_id(request))
         figures = await asyncio.to_thread(self.stats.container, container)
         return pb.ContainerStatsResponse(
             stats=container_stats_to_proto(figures, self._writable_root)
@@ -39,13 +37,7 @@ class StatsRpcs(Handlers):
 
     async def ListContainerStats(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         f = request.filter
-        containers = self.runtime.containers.select(
-            ContainerFilter(
-                id_prefix=f.id,
-                sandbox_id_prefix=f.pod_sandbox_id,
-                label_selector=dict(f.label_selector),
-            )
-        )
+        containers = self.runtime.containers.select(container_stats_filter_from_proto(request))
 
         def read_all() -> list[Any]:
             return [self.stats.container(c) for c in containers]
@@ -64,10 +56,7 @@ class StatsRpcs(Handlers):
         return pb.PodSandboxStatsResponse(stats=pod_stats_to_proto(figures, self._writable_root))
 
     async def ListPodSandboxStats(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        f = request.filter
-        sandboxes = self.runtime.sandboxes.select(
-            SandboxFilter(id_prefix=f.id, label_selector=dict(f.label_selector))
-        )
+        sandboxes = self.runtime.sandboxes.select(pod_stats_filter_from_proto(request))
         containers = self.runtime.containers.select()
 
         def read_all() -> list[Any]:

@@ -47,7 +47,7 @@ class StatsSource:
         self._lock = threading.Lock()
 
     def container(self, container: Container) -> ContainerFigures:
-        sandbox = self.runtime.sandboxes.store.find(container.sandbox_id)
+        sandbox = self.runtime.sandboxes.find(container.sandbox_id)
         stats = None
         if sandbox is not None:
             stats = self.reader.read(container_cgroup_path(sandbox.cgroup_path, container.id))

@@ -84,9 +84,7 @@ class Runtime:
         self.streams = StreamingSessions(settings, self.containers, self.sandboxes)
         self._exit_watcher: ExitWatcher | None = None
         self.layer_usage = WritableLayerUsage(
-            lambda: {
-                c.id: ContainerPaths.of(settings, c.id).upper for c in self.containers.store.all()
-            }
+            lambda: {c.id: ContainerPaths.of(settings, c.id).upper for c in self.containers.all()}
         )
 
     def _hidden_for(self, binary: Path) -> Path | None:
@@ -101,14 +99,22 @@ class Runtime:
         self._exit_watcher = ExitWatcher(self.settings.exits_dir, self.containers.on_exit)
         self._exit_watcher.start()
 
+    async def start_container(self, id_or_prefix: str) -> None:
+        await self.containers.start(id_or_prefix)
+        started = self.containers.status(id_or_prefix)
+        # A first writable-layer figure now, not at the next round of measurements.
+        self.layer_usage.measure_soon(
+            started.id, ContainerPaths.of(self.settings, started.id).upper
+        )
+
     async def stop_sandbox(self, id_or_prefix: str) -> None:
-        sandbox = self.sandboxes.store.find(id_or_prefix)
+        sandbox = self.sandboxes.find(id_or_prefix)
         if sandbox is not None:
             await self.containers.stop_all(sandbox.id)
         await self.sandboxes.stop(id_or_prefix)
 
     async def remove_sandbox(self, id_or_prefix: str) -> None:
-        sandbox = self.sandboxes.store.find(id_or_prefix)
+        sandbox = self.sandboxes.find(id_or_prefix)
         if sandbox is not None:
             await self.containers.remove_all(sandbox.id)
         await self.sandboxes.remove(id_or_prefix)

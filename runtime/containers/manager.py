@@ -115,6 +115,11 @@ class ContainerManager:
     def select(self, flt: ContainerFilter | None = None) -> list[Container]:
         return self.store.select(flt)
 
+    def all(self) -> list[Container]:
+        """Every row, half-created ones included, copied in one step: a metrics scrape calls
+        this from its own thread while the event loop changes the store."""
+        return self.store.all()
+
     def image_ids_in_use(self) -> set[str]:
         return {i for c in self.store.all() for i in (c.image_id, *c.volume_images.values())}
 

@@ -182,6 +182,16 @@ class Container:
     def name(self) -> str:
         return self.config.name
 
+    def verbose_info(self) -> dict[str, object]:
+        """ContainerStatus(verbose) details: the processes and files that run it."""
+        return {
+            "pid": self.pid,
+            "conmon_pid": self.conmon_pid,
+            "bundle": self.bundle,
+            "runtime": self.runtime_handler,
+            "sandbox_id": self.sandbox_id,
+        }
+
 
 @dataclass(frozen=True)
 class ContainerFilter:

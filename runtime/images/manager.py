@@ -100,6 +100,15 @@ class ImageManager:
         data: dict[str, Any] = json.loads(self.content.read(image.id))
         return data
 
+    def verbose_info(self, image: Image) -> dict[str, object]:
+        """ImageStatus(verbose) details: the config and the layers it unpacks to. Blocking."""
+        return {
+            "imageSpec": self.config(image),
+            "manifestDigest": image.manifest_digest,
+            "chainIDs": image.chain_ids(),
+            "lowerDirs": [str(d) for d in self.lower_dirs(image)],
+        }
+
     def lower_dirs(self, image: Image) -> list[Path]:
         """The image's unpacked layers, topmost first, as overlayfs lists lower dirs."""
         return [self.layers.path(chain) for chain in reversed(image.chain_ids())]

@@ -77,6 +77,14 @@ class SandboxManager:
     def select(self, flt: SandboxFilter | None = None) -> list[Sandbox]:
         return self.store.select(flt)
 
+    def find(self, id_or_prefix: str) -> Sandbox | None:
+        return self.store.find(id_or_prefix)
+
+    def all(self) -> list[Sandbox]:
+        """Every row, half-built ones included, copied in one step: a metrics scrape calls
+        this from its own thread while the event loop changes the store."""
+        return self.store.all()
+
     def _new_sandbox(self, config: SandboxConfig) -> Sandbox:
         handler = config.runtime_handler or self.settings.default_handler
         if handler not in self.settings.handlers:

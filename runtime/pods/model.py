@@ -132,6 +132,21 @@ class Sandbox:
     def netns_path(self) -> str:
         return self.pins.get("net", "")
 
+    def verbose_info(self) -> dict[str, object]:
+        """PodSandboxStatus(verbose) details: where the pod's kernel objects are."""
+        return {
+            "pins": self.pins,
+            "cgroup": self.cgroup_path,
+            "pids": {"infra": self.infra.pid} if self.infra else {},
+            "ips": self.ips,
+            "shm": self.shm_path,
+            "resolv_conf": self.resolv_conf_path,
+            "name": self.name,
+            "hostname": self.config.hostname,
+            "sysctls": self.config.sysctls,
+            "cgroup_parent": self.config.cgroup_parent,
+        }
+
 
 @dataclass(frozen=True)
 class SandboxFilter:

@@ -11,6 +11,7 @@ from runtime.containers.manager import ContainerManager
 from runtime.containers.model import Container, ContainerState
 from runtime.errors import FailedPrecondition
 from runtime.pods.manager import SandboxManager
+from runtime.pods.model import Sandbox, SandboxState
 from runtime.settings import RuntimeSettings
 from runtime.streaming.attach import attach
 from runtime.streaming.exec import exec_streaming
@@ -25,6 +26,19 @@ class StreamingSessions:
         self.settings = settings
         self.containers = containers
         self.sandboxes = sandboxes
+
+    def streamable(self, container_id: str) -> Container:
+        """A running container in a ready pod: what an Exec or Attach URL is handed out for."""
+        container = self._running(container_id)
+        self.forwardable(container.sandbox_id)
+        return container
+
+    def forwardable(self, sandbox_id: str) -> Sandbox:
+        """A ready pod: what a PortForward URL is handed out for."""
+        sandbox = self.sandboxes.status(sandbox_id)
+        if sandbox.state is not SandboxState.READY:
+            raise FailedPrecondition(f"pod sandbox {sandbox.id} is not ready")
+        return sandbox
 
     async def exec(self, container_id: str, command: list[str], client: StdioClient) -> int:
         container = self._running(container_id)

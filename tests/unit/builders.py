@@ -2,6 +2,19 @@
 
 from __future__ import annotations
 
+from runtime.containers.model import (
+    Container,
+    ContainerConfig,
+    ContainerSecurity,
+    ContainerState,
+    Device,
+    Mount,
+    ProcessUser,
+    Propagation,
+    Resources,
+    Seccomp,
+    SeccompKind,
+)
 from runtime.pods.model import (
     DnsConfig,
     InfraProcess,
@@ -73,4 +86,48 @@ def sandbox(
         shm_path=f"/run/moorage/sandboxes/{sandbox_id}/shm",
         resolv_conf_path=f"/var/lib/moorage/sandboxes/{sandbox_id}/resolv.conf",
         infra=infra,
+    )
+
+
+def container(container_id: str, *, name: str = "app", sandbox_id: str = "pod1") -> Container:
+    config = ContainerConfig(
+        name=name,
+        image="busybox",
+        attempt=1,
+        command=["sh"],
+        args=["-c", "true"],
+        working_dir="/w",
+        envs={"A": "1"},
+        labels={"tier": "web"},
+        annotations={"note": "x"},
+        mounts=[Mount("/data", "/srv", True, Propagation.HOST_TO_CONTAINER)],
+        devices=[Device("/dev/fuse", "/dev/fuse", "rw")],
+        log_path="app/1.log",
+        stdin=True,
+        tty=True,
+        stop_signal="SIGINT",
+        resources=Resources(cpu_shares=512, memory_limit_bytes=1 << 26, unified={"a": "b"}),
+        security=ContainerSecurity(
+            run_as_user=1000,
+            run_as_group=None,
+            supplemental_groups=[5],
+            seccomp=Seccomp(SeccompKind.LOCALHOST, "/p.json"),
+            namespaces=NamespaceOptions(pid=NamespaceMode.TARGET, target_id="t"),
+        ),
+    )
+    return Container(
+        id=container_id,
+        sandbox_id=sandbox_id,
+        config=config,
+        state=ContainerState.RUNNING,
+        created_at_ns=1,
+        image_id="sha256:" + "a" * 64,
+        image_ref="r@sha256:" + "b" * 64,
+        runtime_handler="runc",
+        bundle="/b",
+        log_path="/logs/app/1.log",
+        user=ProcessUser(1000, 1000, [5, 6], "app", "/home/app"),
+        pid=42,
+        conmon_pid=41,
+        started_at_ns=2,
     )

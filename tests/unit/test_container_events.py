@@ -8,7 +8,7 @@ import asyncio
 import pytest
 
 from runtime.containers.events import ContainerEvent, EventBus, EventKind, SubscriberDropped
-from tests.unit.test_container_store import container
+from tests.unit.builders import container
 from tests.waiting import wait_until_async
 
 

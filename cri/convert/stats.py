@@ -6,6 +6,7 @@ from typing import Any
 
 from cri_api.v1 import api_pb2 as pb
 
+from cri.convert import containers, sandboxes
 from cri.stats_source import ContainerFigures, PodFigures
 from metrics.model import CgroupStats, InterfaceStats
 
@@ -49,9 +50,7 @@ def container_stats_to_proto(figures: ContainerFigures, writable_root: str) -> A
     return pb.ContainerStats(
         attributes=pb.ContainerAttributes(
             id=container.id,
-            metadata=pb.ContainerMetadata(
-                name=container.config.name, attempt=container.config.attempt
-            ),
+            metadata=containers.metadata_to_proto(container),
             labels=container.config.labels,
             annotations=container.config.annotations,
         ),
@@ -85,7 +84,6 @@ def _interface(stats: InterfaceStats) -> Any:
 
 def pod_stats_to_proto(figures: PodFigures, writable_root: str) -> Any:
     sandbox = figures.sandbox
-    md = sandbox.config.metadata
     stats = figures.stats
     interfaces = [_interface(i) for i in figures.interfaces]
     default = next(
@@ -94,9 +92,7 @@ def pod_stats_to_proto(figures: PodFigures, writable_root: str) -> Any:
     return pb.PodSandboxStats(
         attributes=pb.PodSandboxAttributes(
             id=sandbox.id,
-            metadata=pb.PodSandboxMetadata(
-                name=md.name, uid=md.uid, namespace=md.namespace, attempt=md.attempt
-            ),
+            metadata=sandboxes.metadata_to_proto(sandbox.config.metadata),
             labels=sandbox.config.labels,
             annotations=sandbox.config.annotations,
         ),

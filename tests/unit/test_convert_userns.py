@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 from cri_api.v1 import api_pb2 as pb
 
-from cri.userns_convert import mount_mappings, user_namespace
+from cri.convert.userns import mount_mappings, user_namespace
 from runtime.errors import InvalidArgument, Unimplemented
 from runtime.pods.model import IdMapping, UserNamespace
 

@@ -7,12 +7,12 @@ from typing import Any
 import pytest
 from cri_api.v1 import api_pb2 as pb
 
-from cri.convert import (
+from cri.convert.filters import sandbox_filter_from_proto
+from cri.convert.info import verbose_info
+from cri.convert.sandboxes import (
     sandbox_config_from_proto,
-    sandbox_filter_from_proto,
     sandbox_status_to_proto,
     sandbox_to_proto,
-    sandbox_verbose_info,
 )
 from runtime.errors import InvalidArgument
 from runtime.pods.model import (
@@ -271,7 +271,7 @@ def test_config_from_a_request_survives_the_trip_back_to_proto() -> None:
 def test_verbose_info_is_json_locating_the_kernel_objects() -> None:
     pod = sandbox("a1", infra=InfraProcess(pid=77, start_ticks=1))
 
-    info = json.loads(sandbox_verbose_info(pod)["info"])
+    info = json.loads(verbose_info(pod.verbose_info())["info"])
 
     assert info["pins"] == pod.pins
     assert info["cgroup"] == pod.cgroup_path
@@ -283,7 +283,7 @@ def test_verbose_info_is_json_locating_the_kernel_objects() -> None:
 
 
 def test_verbose_info_without_infra_has_no_pids() -> None:
-    info = json.loads(sandbox_verbose_info(sandbox("a1"))["info"])
+    info = json.loads(verbose_info(sandbox("a1").verbose_info())["info"])
 
     assert info["pids"] == {}
 

@@ -1,0 +1,143 @@
+"""Containers: CreateContainer's config in; listing, status and events out."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from cri_api.v1 import api_pb2 as pb
+
+from cri.convert.mounts import device_from_proto, mount_from_proto, mounts_to_proto
+from cri.convert.resources import resources_from_proto, resources_to_proto
+from cri.convert.sandboxes import sandbox_status_to_proto
+from cri.convert.security import container_security_from_proto
+from runtime.containers.events import ContainerEvent, EventKind
+from runtime.containers.model import Container, ContainerConfig, ContainerState
+from runtime.errors import InvalidArgument
+
+STATES_TO_PB = {
+    ContainerState.CREATED: pb.CONTAINER_CREATED,
+    ContainerState.RUNNING: pb.CONTAINER_RUNNING,
+    ContainerState.EXITED: pb.CONTAINER_EXITED,
+    ContainerState.UNKNOWN: pb.CONTAINER_UNKNOWN,
+}
+STATES = {value: state for state, value in STATES_TO_PB.items()}
+_EVENTS_TO_PB = {
+    EventKind.CREATED: pb.CONTAINER_CREATED_EVENT,
+    EventKind.STARTED: pb.CONTAINER_STARTED_EVENT,
+    EventKind.STOPPED: pb.CONTAINER_STOPPED_EVENT,
+    EventKind.DELETED: pb.CONTAINER_DELETED_EVENT,
+}
+
+
+def container_id(request: Any) -> str:
+    if not request.container_id:
+        raise InvalidArgument("container_id is empty")
+    return str(request.container_id)
+
+
+def stop_timeout_s(request: Any) -> float:
+    # The kubelet may send a negative grace period: it means "kill now", as 0 does.
+    return float(max(request.timeout, 0))
+
+
+def exec_sync_timeout_s(request: Any) -> float:
+    if request.timeout < 0:
+        raise InvalidArgument(f"timeout {request.timeout} is negative")
+    return float(request.timeout)
+
+
+def container_config_from_proto(request: Any) -> ContainerConfig:
+    if not request.pod_sandbox_id:
+        raise InvalidArgument("pod_sandbox_id is empty")
+    if not request.HasField("config"):
+        raise InvalidArgument("config is missing")
+    config = request.config
+    if not config.HasField("metadata") or not config.metadata.name:
+        raise InvalidArgument("config.metadata.name is empty")
+    linux = config.linux
+    stop_signal = ""
+    if config.stop_signal != pb.RUNTIME_DEFAULT:
+        stop_signal = pb.Signal.Name(config.stop_signal)
+    return ContainerConfig(
+        name=config.metadata.name,
+        attempt=config.metadata.attempt,
+        image=config.image.image,
+        command=list(config.command),
+        args=list(config.args),
+        working_dir=config.working_dir,
+        envs={kv.key: kv.value for kv in config.envs},
+        labels=dict(config.labels),
+        annotations=dict(config.annotations),
+        mounts=[mount_from_proto(i, m) for i, m in enumerate(config.mounts)],
+        devices=[device_from_proto(d) for d in config.devices],
+        log_path=config.log_path,
+        stdin=config.stdin,
+        stdin_once=config.stdin_once,
+        tty=config.tty,
+        stop_signal=stop_signal,
+        resources=resources_from_proto(linux.resources),
+        security=container_security_from_proto(linux.security_context),
+    )
+
+
+def metadata_to_proto(container: Container) -> Any:
+    return pb.ContainerMetadata(name=container.config.name, attempt=container.config.attempt)
+
+
+def container_to_proto(container: Container) -> Any:
+    return pb.Container(
+        id=container.id,
+        pod_sandbox_id=container.sandbox_id,
+        metadata=metadata_to_proto(container),
+        image=pb.ImageSpec(image=container.config.image),
+        image_ref=container.image_ref,
+        image_id=container.image_id,
+        state=STATES_TO_PB[container.state],
+        created_at=container.created_at_ns,
+        labels=container.config.labels,
+        annotations=container.config.annotations,
+    )
+
+
+def container_status_to_proto(container: Container) -> Any:
+    user = container.user
+    stop_signal = pb.RUNTIME_DEFAULT
+    if container.stop_signal in pb.Signal.keys():  # noqa: SIM118  (an enum wrapper, not a dict)
+        stop_signal = pb.Signal.Value(container.stop_signal)
+    return pb.ContainerStatus(
+        id=container.id,
+        metadata=metadata_to_proto(container),
+        state=STATES_TO_PB[container.state],
+        created_at=container.created_at_ns,
+        started_at=container.started_at_ns,
+        finished_at=container.finished_at_ns,
+        exit_code=container.exit_code,
+        image=pb.ImageSpec(image=container.config.image),
+        image_ref=container.image_ref,
+        image_id=container.image_id,
+        reason=container.reason,
+        message=container.message,
+        labels=container.config.labels,
+        annotations=container.config.annotations,
+        mounts=mounts_to_proto(container),
+        log_path=container.log_path,
+        resources=resources_to_proto(container.resources),
+        user=pb.ContainerUser(
+            linux=pb.LinuxContainerUser(
+                uid=user.uid, gid=user.gid, supplemental_groups=user.additional_gids
+            )
+        )
+        if user
+        else None,
+        stop_signal=stop_signal,
+    )
+
+
+def event_to_proto(event: ContainerEvent) -> Any:
+    return pb.ContainerEventResponse(
+        container_id=event.container.id,
+        container_event_type=_EVENTS_TO_PB[event.kind],
+        created_at=event.created_at_ns,
+        pod_sandbox_status=sandbox_status_to_proto(event.sandbox) if event.sandbox else None,
+        containers_statuses=[container_status_to_proto(c) for c in event.pod_containers],
+    )

@@ -1,0 +1,51 @@
+"""Linux container resources: CPU, memory, cpusets, hugepages and unified cgroup keys."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from cri_api.v1 import api_pb2 as pb
+
+from runtime.containers.model import Resources
+from runtime.errors import InvalidArgument
+
+
+def resources_from_proto(r: Any) -> Resources:
+    return Resources(
+        cpu_period=r.cpu_period,
+        cpu_quota=r.cpu_quota,
+        cpu_shares=r.cpu_shares,
+        memory_limit_bytes=r.memory_limit_in_bytes,
+        memory_swap_limit_bytes=r.memory_swap_limit_in_bytes,
+        oom_score_adj=r.oom_score_adj,
+        cpuset_cpus=r.cpuset_cpus,
+        cpuset_mems=r.cpuset_mems,
+        hugepage_limits={h.page_size: h.limit for h in r.hugepage_limits},
+        unified=dict(r.unified),
+    )
+
+
+def resources_update_from_proto(request: Any) -> Resources:
+    """UpdateContainerResourcesRequest: Moorage honours the Linux resources only."""
+    if not request.HasField("linux"):
+        raise InvalidArgument("linux resources are missing")
+    return resources_from_proto(request.linux)
+
+
+def resources_to_proto(r: Resources) -> Any:
+    return pb.ContainerResources(
+        linux=pb.LinuxContainerResources(
+            cpu_period=r.cpu_period,
+            cpu_quota=r.cpu_quota,
+            cpu_shares=r.cpu_shares,
+            memory_limit_in_bytes=r.memory_limit_bytes,
+            memory_swap_limit_in_bytes=r.memory_swap_limit_bytes,
+            oom_score_adj=r.oom_score_adj,
+            cpuset_cpus=r.cpuset_cpus,
+            cpuset_mems=r.cpuset_mems,
+            hugepage_limits=[
+                pb.HugepageLimit(page_size=k, limit=v) for k, v in r.hugepage_limits.items()
+            ],
+            unified=r.unified,
+        )
+    )
