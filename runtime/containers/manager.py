@@ -59,9 +59,9 @@ from runtime.oci.conmon import (
     ContainerCreateError,
     create_container,
     exec_sync,
-    read_exit_code,
     reopen_log,
 )
+from runtime.oci.exit_files import exit_recorded
 from runtime.oci.runtime_cli import OciRuntime, OciRuntimeError
 from runtime.oci.seccomp_bpf import SeccompFilters
 from runtime.oci.spec import resources_to_oci
@@ -272,7 +272,7 @@ class ContainerManager:
             except OciRuntimeError as exc:
                 # The runtime may complain about a container that started and already ended;
                 # conmon's exit file tells those apart from a start that never happened.
-                if read_exit_code(self.settings.exits_dir, container.id) is None:
+                if not exit_recorded(self.settings.exits_dir, container.id):
                     self._finish(container.id, 128, "ContainerCannotRun", str(exc))
                     raise ContainerRuntimeFailed(
                         f"starting container {container.id}: {exc}"

@@ -19,6 +19,7 @@ from pathlib import Path
 from runtime.containers.bundle import ContainerPaths, container_cgroup_path, remove_files
 from runtime.containers.model import Container, ContainerState
 from runtime.host.cgroups import CgroupLayout
+from runtime.oci.exit_files import read_exit_file
 from runtime.settings import RuntimeSettings
 from runtime.state.container_store import ContainerStore
 from runtime.state.sandbox_store import SandboxStore
@@ -74,13 +75,13 @@ def _reconcile(
         return [f"removed half-created container {container.id}"]
     if container.state not in (ContainerState.CREATED, ContainerState.RUNNING):
         return []
-    exit_file = settings.exits_dir / container.id
     try:
-        code = int(exit_file.read_text().strip() or UNKNOWN_EXIT_CODE)
-        finished = exit_file.stat().st_mtime_ns
-    except (FileNotFoundError, ValueError):
-        code, finished = -1, 0
-    if code >= 0:
+        recorded = read_exit_file(settings.exits_dir, container.id)
+    except ValueError as exc:
+        _exited(store, container, UNKNOWN_EXIT_CODE, "Unknown", str(exc), time.time_ns())
+        return [f"container {container.id} exited while the agent was away: {exc}"]
+    if recorded is not None:
+        code, finished = recorded.code, recorded.written_at_ns
         reason = "Completed" if code == 0 else "Error"
         sandbox = sandboxes.find(container.sandbox_id)
         if sandbox is not None and cgroups.oom_kills(

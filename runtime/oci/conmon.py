@@ -217,15 +217,6 @@ def reopen_log(bundle: Path, log_path: Path | None = None, timeout_s: float = 5.
         delay_s = min(delay_s * 2, 0.02)
 
 
-def read_exit_code(exit_dir: Path, container_id: str) -> int | None:
-    """The code conmon recorded, or None while the container has not exited."""
-    try:
-        text = (exit_dir / container_id).read_text().strip()
-    except FileNotFoundError:
-        return None
-    return int(text) if text else None
-
-
 # -- plumbing --------------------------------------------------------------------------------
 
 

@@ -27,10 +27,10 @@ from runtime.oci.conmon import (
     ContainerCreateError,
     create_container,
     exec_sync,
-    read_exit_code,
     reopen_log,
     start_container,
 )
+from runtime.oci.exit_files import exit_recorded, read_exit_file
 from runtime.oci.runtime_cli import OciRuntime, OciRuntimeError
 from tests.e2e.kernel import wait_until_async
 
@@ -213,7 +213,7 @@ def _remove_cgroups(parent: str) -> None:
 
 
 def _exit_recorded(exits: Path, container_id: str) -> Callable[[], bool]:
-    return lambda: read_exit_code(exits, container_id) is not None
+    return lambda: exit_recorded(exits, container_id)
 
 
 def _log_records(log_path: Path) -> list[tuple[str, str, str]]:
@@ -243,9 +243,9 @@ async def test_output_is_logged_and_the_exit_code_reported_at_once(host: Host) -
         watcher.close()
     code, seen_at = reported[container_id]
     assert code == 3
-    assert read_exit_code(host.exits, container_id) == 3
-    written_at = (host.exits / container_id).stat().st_mtime
-    assert seen_at - written_at < 0.1
+    recorded = read_exit_file(host.exits, container_id)
+    assert recorded is not None and recorded.code == 3
+    assert seen_at - recorded.written_at_ns / 1e9 < 0.1
     assert _log_records(bundle / "ctr.log") == [("stdout", "F", "out"), ("stderr", "F", "err")]
 
 
@@ -258,7 +258,7 @@ async def test_exit_files_already_present_are_reported_on_start(host: Host) -> N
     watcher.start()
     watcher.close()
     assert reported == [("earlier", 137)]
-    assert read_exit_code(host.exits, "never-ran") is None
+    assert read_exit_file(host.exits, "never-ran") is None
 
 
 async def test_output_without_a_trailing_newline_is_a_partial_record(host: Host) -> None:
