@@ -35,6 +35,7 @@ from runtime.containers.bundle import (
     remove_files,
 )
 from runtime.containers.events import ContainerEvent, EventBus, EventKind
+from runtime.containers.exit_recorder import ExitRecorder
 from runtime.containers.image_user import parse_image_config
 from runtime.containers.model import (
     Container,
@@ -75,8 +76,6 @@ log = structlog.get_logger("moorage.container")
 EXEC_OUTPUT_CAP = 16 * 1024 * 1024
 # After SIGKILL the exit file follows within milliseconds; past this something is wrong.
 KILL_WAIT_S = 10.0
-# What the exit code of a container is when nobody saw it exit (a host reboot).
-UNKNOWN_EXIT_CODE = 255
 
 
 class ContainerManager:
@@ -99,6 +98,7 @@ class ContainerManager:
         self._locks: dict[str, asyncio.Lock] = {}
         self._exited: dict[str, asyncio.Event] = {}
         self._in_flight = InFlight()
+        self._exits = ExitRecorder(store, sandboxes, cgroups)
         self.builder = ContainerBuilder(settings, cgroups, store)
         self._filters = {
             name: SeccompFilters(runtime.binary)
@@ -273,7 +273,7 @@ class ContainerManager:
                 # The runtime may complain about a container that started and already ended;
                 # conmon's exit file tells those apart from a start that never happened.
                 if not exit_recorded(self.settings.exits_dir, container.id):
-                    self._finish(container.id, 128, "ContainerCannotRun", str(exc))
+                    self._finish(container, 128, "ContainerCannotRun", str(exc))
                     raise ContainerRuntimeFailed(
                         f"starting container {container.id}: {exc}"
                     ) from None
@@ -419,33 +419,21 @@ class ContainerManager:
         container = self.store.find(container_id)
         if container is None or container.state in (ContainerState.EXITED,):
             return
-        oom = self._oom_killed(container)
-        reason = "OOMKilled" if oom else ("Completed" if exit_code == 0 else "Error")
-        finished = self._finish(container_id, 137 if oom else exit_code, reason, "")
-        log.info("container exited", container_id=container_id, exit_code=exit_code, reason=reason)
+        finished = self._finish(container, exit_code)
+        log.info(
+            "container exited",
+            container_id=container_id,
+            exit_code=exit_code,
+            reason=finished.reason,
+        )
         if finished.started_at_ns or container.state is ContainerState.RUNNING:
             self._publish(EventKind.STOPPED, finished)
 
-    def _oom_killed(self, container: Container) -> bool:
-        sandbox = self.sandboxes.find(container.sandbox_id)
-        if sandbox is None:
-            return False
-        return self.cgroups.oom_kills(container_cgroup_path(sandbox.cgroup_path, container.id)) > 0
-
-    def _finish(self, container_id: str, exit_code: int, reason: str, message: str) -> Container:
-        now = time.time_ns()
-        finished = self.store.update(
-            container_id,
-            lambda c: replace(
-                c,
-                state=ContainerState.EXITED,
-                finished_at_ns=now,
-                exit_code=exit_code,
-                reason=reason,
-                message=message,
-            ),
-        )
-        self._exited.setdefault(container_id, asyncio.Event()).set()
+    def _finish(
+        self, container: Container, code: int, reason: str = "", message: str = ""
+    ) -> Container:
+        finished = self._exits.record(container, code, time.time_ns(), reason, message)
+        self._exited.setdefault(container.id, asyncio.Event()).set()
         return finished
 
     def _publish(self, kind: EventKind, container: Container) -> None:

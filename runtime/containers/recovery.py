@@ -13,18 +13,16 @@ import shutil
 import signal
 import subprocess
 import time
-from dataclasses import replace
 from pathlib import Path
 
 from runtime.containers.bundle import ContainerPaths, container_cgroup_path, remove_files
+from runtime.containers.exit_recorder import UNKNOWN_EXIT_CODE, ExitRecorder
 from runtime.containers.model import Container, ContainerState
 from runtime.host.cgroups import CgroupLayout
 from runtime.oci.exit_files import read_exit_file
 from runtime.settings import RuntimeSettings
 from runtime.state.container_store import ContainerStore
 from runtime.state.sandbox_store import SandboxStore
-
-UNKNOWN_EXIT_CODE = 255
 
 
 def reconcile_containers(
@@ -75,53 +73,25 @@ def _reconcile(
         return [f"removed half-created container {container.id}"]
     if container.state not in (ContainerState.CREATED, ContainerState.RUNNING):
         return []
+    exits = ExitRecorder(store, sandboxes, cgroups)
     try:
         recorded = read_exit_file(settings.exits_dir, container.id)
     except ValueError as exc:
-        _exited(store, container, UNKNOWN_EXIT_CODE, "Unknown", str(exc), time.time_ns())
+        exits.record(container, UNKNOWN_EXIT_CODE, time.time_ns(), "Unknown", str(exc))
         return [f"container {container.id} exited while the agent was away: {exc}"]
     if recorded is not None:
-        code, finished = recorded.code, recorded.written_at_ns
-        reason = "Completed" if code == 0 else "Error"
-        sandbox = sandboxes.find(container.sandbox_id)
-        if sandbox is not None and cgroups.oom_kills(
-            container_cgroup_path(sandbox.cgroup_path, container.id)
-        ):
-            code, reason = 137, "OOMKilled"
-        _exited(store, container, code, reason, "", finished)
-        return [f"container {container.id} exited while the agent was away: {code}"]
+        finished = exits.record(container, recorded.code, recorded.written_at_ns)
+        return [f"container {container.id} exited while the agent was away: {finished.exit_code}"]
     if conmon_pids(container.id):
         return []
-    _exited(
-        store,
+    exits.record(
         container,
         UNKNOWN_EXIT_CODE,
+        time.time_ns(),
         "Unknown",
         "the container's conmon is gone and left no exit code (host reboot?)",
-        time.time_ns(),
     )
     return [f"container {container.id} is gone without an exit code"]
-
-
-def _exited(  # noqa: PLR0917
-    store: ContainerStore,
-    container: Container,
-    code: int,
-    reason: str,
-    message: str,
-    finished_at_ns: int,
-) -> None:
-    store.update(
-        container.id,
-        lambda c: replace(
-            c,
-            state=ContainerState.EXITED,
-            exit_code=code,
-            reason=reason,
-            message=message,
-            finished_at_ns=finished_at_ns,
-        ),
-    )
 
 
 def conmon_pids(container_id: str) -> list[int]:
