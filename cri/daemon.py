@@ -68,7 +68,7 @@ async def serve(config: Config) -> int:
     with exclusive_root(config.runtime.root_dir):
         runtime = await asyncio.to_thread(Runtime, config.runtime)
         try:
-            for fix in await asyncio.to_thread(runtime.recover):
+            for fix in await runtime.recover():
                 log.info("recovered", fix=fix)
             try:
                 for fix in await runtime.recover_network():

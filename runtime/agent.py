@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -118,13 +119,18 @@ class Runtime:
         """(blobs, unpacked layers, writable layers): what ImageFsInfo reports on."""
         return settings.content_dir, settings.layers_dir, settings.root_dir / "containers"
 
-    def recover(self) -> list[str]:
-        """Reconcile pods and images with the host; blocking, run before serving."""
-        fixed = reconcile_sandboxes(self.settings, self.cgroups, self.sandboxes.store)
-        fixed += reconcile_containers(
-            self.settings, self.cgroups, self.containers.store, self.sandboxes.store
+    async def recover(self) -> list[str]:
+        """Reconcile pods, containers and images with the host; run before serving."""
+        fixed = await asyncio.to_thread(
+            reconcile_sandboxes, self.settings, self.cgroups, self.sandboxes.store
         )
-        return fixed + self.images.recover()
+        fixed += await reconcile_containers(
+            self.settings,
+            self.cgroups,
+            (self.containers.store, self.sandboxes.store),
+            self.runtimes,
+        )
+        return fixed + await asyncio.to_thread(self.images.recover)
 
     async def recover_network(self) -> list[str]:
         """Drop addresses, veths and rules of pods that are no longer ready; set the host up."""

@@ -7,11 +7,11 @@ down with the host (the exit dir lives on tmpfs) and is reported exited with rea
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import shutil
 import signal
-import subprocess
 import time
 from pathlib import Path
 
@@ -20,25 +20,57 @@ from runtime.containers.exit_recorder import UNKNOWN_EXIT_CODE, ExitRecorder
 from runtime.containers.model import Container, ContainerState
 from runtime.host.cgroups import CgroupLayout
 from runtime.oci.exit_files import read_exit_file
+from runtime.oci.runtime_cli import OciRuntime, OciRuntimeError
 from runtime.settings import RuntimeSettings
 from runtime.state.container_store import ContainerStore
 from runtime.state.sandbox_store import SandboxStore
 
 
-def reconcile_containers(
+async def reconcile_containers(
     settings: RuntimeSettings,
     cgroups: CgroupLayout,
-    store: ContainerStore,
-    sandboxes: SandboxStore,
+    stores: tuple[ContainerStore, SandboxStore],
+    runtimes: dict[str, OciRuntime],
 ) -> list[str]:
+    store, sandboxes = stores
     fixed: list[str] = []
     for container in store.all():
         try:
-            fixed += _reconcile(settings, cgroups, store, sandboxes, container)
+            if container.state is ContainerState.CREATING:
+                fixed += await _remove_half_created(settings, cgroups, stores, runtimes, container)
+            else:
+                fixed += await asyncio.to_thread(
+                    _reconcile, settings, cgroups, store, sandboxes, container
+                )
         except OSError as exc:
             fixed.append(f"could not reconcile container {container.id}: {exc}")
-    fixed += _remove_orphans(settings, {c.id for c in store.all()})
-    return fixed
+    known = {c.id for c in store.all()}
+    return fixed + await asyncio.to_thread(_remove_orphans, settings, known)
+
+
+async def _remove_half_created(
+    settings: RuntimeSettings,
+    cgroups: CgroupLayout,
+    stores: tuple[ContainerStore, SandboxStore],
+    runtimes: dict[str, OciRuntime],
+    container: Container,
+) -> list[str]:
+    store, sandboxes = stores
+    for pid in await asyncio.to_thread(conmon_pids, container.id):
+        _kill(pid)
+    runtime = runtimes.get(container.runtime_handler)
+    if runtime is not None:
+        # What the runtime made of the create is gone either way; a refusal here changes nothing.
+        with contextlib.suppress(OciRuntimeError):
+            await runtime.delete(container.id, force=True)
+    await asyncio.to_thread(remove_files, ContainerPaths.of(settings, container.id))
+    sandbox = sandboxes.find(container.sandbox_id)
+    if sandbox is not None:
+        await asyncio.to_thread(
+            cgroups.remove, container_cgroup_path(sandbox.cgroup_path, container.id)
+        )
+    store.delete(container.id)
+    return [f"removed half-created container {container.id}"]
 
 
 def _reconcile(
@@ -48,29 +80,6 @@ def _reconcile(
     sandboxes: SandboxStore,
     container: Container,
 ) -> list[str]:
-    if container.state is ContainerState.CREATING:
-        for pid in conmon_pids(container.id):
-            _kill(pid)
-        handler = settings.handlers.get(container.runtime_handler)
-        if handler is not None:
-            subprocess.run(
-                [
-                    handler.path,
-                    "--root",
-                    settings.oci_state_dir(handler.name),
-                    "delete",
-                    "-f",
-                    container.id,
-                ],
-                capture_output=True,
-                check=False,
-            )
-        remove_files(ContainerPaths.of(settings, container.id))
-        sandbox = sandboxes.find(container.sandbox_id)
-        if sandbox is not None:
-            cgroups.remove(container_cgroup_path(sandbox.cgroup_path, container.id))
-        store.delete(container.id)
-        return [f"removed half-created container {container.id}"]
     if container.state not in (ContainerState.CREATED, ContainerState.RUNNING):
         return []
     exits = ExitRecorder(store, sandboxes, cgroups)
