@@ -19,6 +19,7 @@ from runtime.containers.bundle import ContainerPaths, container_cgroup_path, rem
 from runtime.containers.exit_recorder import UNKNOWN_EXIT_CODE, ExitRecorder
 from runtime.containers.model import Container, ContainerState
 from runtime.host.cgroups import CgroupLayout
+from runtime.host.processes import find_by_command
 from runtime.oci.exit_files import read_exit_file
 from runtime.oci.runtime_cli import OciRuntime, OciRuntimeError
 from runtime.settings import RuntimeSettings
@@ -105,19 +106,7 @@ def _reconcile(
 
 def conmon_pids(container_id: str) -> list[int]:
     """conmon processes supervising this container, found by their command line."""
-    wanted = container_id.encode()
-    found = []
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry.name}/cmdline", "rb") as f:
-                argv = f.read().split(b"\0")
-        except OSError:
-            continue
-        if argv and argv[0].endswith(b"conmon") and wanted in argv:
-            found.append(int(entry.name))
-    return found
+    return find_by_command("conmon", container_id)
 
 
 def _kill(pid: int) -> None:
