@@ -54,7 +54,7 @@ from runtime.errors import (
 )
 from runtime.host.cgroups import CgroupLayout
 from runtime.images.manager import ImageManager
-from runtime.in_flight import InFlight
+from runtime.in_flight import InFlight, KeyedLocks
 from runtime.oci.conmon import (
     ConmonError,
     ContainerCreateError,
@@ -95,7 +95,7 @@ class ContainerManager:
         self.cgroups = cgroups
         self.runtimes = runtimes
         self.events = EventBus()
-        self._locks: dict[str, asyncio.Lock] = {}
+        self._locks = KeyedLocks()
         self._exited: dict[str, asyncio.Event] = {}
         self._in_flight = InFlight()
         self._exits = ExitRecorder(store, sandboxes, cgroups)
@@ -296,7 +296,7 @@ class ContainerManager:
         found = self.store.find(id_or_prefix)
         if found is None:
             return
-        async with self._lock(found.id):
+        async with self._locks.held(found.id):
             current = self.store.find(found.id)
             if current is not None:
                 await self._stop_locked(current, timeout_s)
@@ -333,7 +333,7 @@ class ContainerManager:
         container = self.store.find(id_or_prefix)
         if container is None:
             return
-        async with self._lock(container.id):
+        async with self._locks.held(container.id):
             current = self.store.find(container.id)
             if current is None:
                 return
@@ -350,7 +350,6 @@ class ContainerManager:
             self._exited.pop(current.id, None)
             log.info("container removed", container_id=current.id)
             self._publish(EventKind.DELETED, final)
-        self._locks.pop(container.id, None)
 
     async def update_resources(self, id_or_prefix: str, resources: Resources) -> Container:
         check_resources(resources, "linux")
@@ -451,8 +450,5 @@ class ContainerManager:
     @contextlib.asynccontextmanager
     async def _locked(self, id_or_prefix: str) -> AsyncIterator[Container]:
         found = self.store.get(id_or_prefix)
-        async with self._lock(found.id):
+        async with self._locks.held(found.id):
             yield self.store.get(found.id)
-
-    def _lock(self, container_id: str) -> asyncio.Lock:
-        return self._locks.setdefault(container_id, asyncio.Lock())

@@ -22,7 +22,7 @@ from network.errors import NetworkError
 from network.types import HostPort, PodNetwork, PodNetworkRequest
 from runtime.errors import FailedPrecondition, InvalidArgument, NotFound
 from runtime.host.cgroups import CgroupLayout, pod_cgroup_path
-from runtime.in_flight import InFlight
+from runtime.in_flight import InFlight, KeyedLocks
 from runtime.pods.model import (
     NamespaceMode,
     Sandbox,
@@ -54,7 +54,7 @@ class SandboxManager:
         self.network = network
         self.store = store
         self.cgroups = cgroups
-        self._locks: dict[str, asyncio.Lock] = {}
+        self._locks = KeyedLocks()
         self._infra_children: dict[str, subprocess.Popen[bytes]] = {}
         self._in_flight = InFlight()
 
@@ -215,7 +215,6 @@ class SandboxManager:
             self._infra_children.pop(sandbox.id, None)
             self.store.delete(sandbox.id)
             log.info("sandbox removed", sandbox_id=sandbox.id)
-        self._locks.pop(sandbox.id, None)
 
     @contextlib.asynccontextmanager
     async def _locked(self, id_or_prefix: str) -> AsyncIterator[Sandbox | None]:
@@ -224,8 +223,5 @@ class SandboxManager:
         if found is None:
             yield None
             return
-        async with self._lock(found.id):
+        async with self._locks.held(found.id):
             yield self.store.find(found.id)
-
-    def _lock(self, sandbox_id: str) -> asyncio.Lock:
-        return self._locks.setdefault(sandbox_id, asyncio.Lock())
