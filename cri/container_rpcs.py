@@ -11,7 +11,6 @@ from cri_api.v1 import api_pb2 as pb
 
 from cri import container_convert as convert
 from cri.handlers import Handlers
-from runtime.containers.bundle import ContainerPaths
 from runtime.containers.events import SubscriberDropped
 from runtime.errors import InvalidArgument, Unavailable
 
@@ -27,7 +26,7 @@ class ContainerRpcs(Handlers):
         await self.runtime.containers.start(container_id)
         started = self.runtime.containers.status(container_id)
         self.runtime.layer_usage.measure_soon(
-            started.id, ContainerPaths.of(self.runtime.settings, started.id).upper
+            started.id, self.runtime.layout.container(started.id).upper
         )
         return pb.StartContainerResponse()
 

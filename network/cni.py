@@ -71,9 +71,10 @@ class CniPluginError(NetworkError):
 
 @dataclass(frozen=True)
 class CniSettings:
+    # Results cache, one file per pod attachment: the agent's Layout says where.
+    cache_dir: Path
     conf_dir: Path = Path("/etc/cni/net.d")
     bin_dirs: tuple[Path, ...] = (Path("/opt/cni/bin"), Path("/usr/lib/cni"))
-    cache_dir: Path = Path("/var/lib/moorage/cni")  # results cache, one file per pod attachment
     plugin_timeout_s: float = 10.0
     ifname: str = "eth0"
 

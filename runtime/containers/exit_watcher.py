@@ -113,7 +113,7 @@ class ExitWatcher:
         if _TEMPORARY.search(name):
             return
         try:
-            recorded = read_exit_file(self.exits_dir, name)
+            recorded = read_exit_file(self.exits_dir / name)
         except (OSError, ValueError) as exc:
             log.warning("unreadable exit file", container_id=name, error=str(exc))
             return

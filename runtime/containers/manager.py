@@ -28,7 +28,6 @@ from runtime.containers.build import (
     log_path as container_log_path,
 )
 from runtime.containers.bundle import (
-    ContainerPaths,
     container_cgroup_path,
     exec_process_spec,
     release_volume_mounts,
@@ -89,6 +88,7 @@ class ContainerManager:
         runtimes: dict[str, OciRuntime],
     ) -> None:
         self.settings = settings
+        self.layout = settings.layout
         self.store = store
         self.sandboxes = sandboxes
         self.images = images
@@ -170,7 +170,7 @@ class ContainerManager:
             volumes[index] = self.images.lower_dirs(volume)
         runtime = self.runtimes[sandbox.runtime_handler]
         container_id = secrets.token_hex(32)
-        paths = ContainerPaths.of(self.settings, container_id)
+        paths = self.layout.container(container_id)
         log_path = container_log_path(sandbox, config)
         image_config = parse_image_config(await asyncio.to_thread(self.images.config, image))
         container = Container(
@@ -204,8 +204,8 @@ class ContainerManager:
                 container_id=container_id,
                 bundle=paths.bundle,
                 log_path=Path(log_path) if log_path else None,
-                exit_dir=self.settings.exits_dir,
-                socket_dir=self.settings.attach_dir,
+                exit_dir=self.layout.exits_dir,
+                socket_dir=self.layout.attach_dir,
                 tty=config.tty,
                 stdin=config.stdin,
                 stdin_once=config.stdin_once,
@@ -244,14 +244,13 @@ class ContainerManager:
     ) -> None:
         with contextlib.suppress(OciRuntimeError):
             await runtime.delete(container.id, force=True)
-        paths = ContainerPaths.of(self.settings, container.id)
-        await asyncio.to_thread(self._remove_host_state, paths, sandbox, container.id)
+        await asyncio.to_thread(self._remove_host_state, sandbox, container.id)
         self.store.delete(container.id)
 
-    def _remove_host_state(self, paths: ContainerPaths, sandbox: Sandbox | None, cid: str) -> None:
-        remove_files(paths)
-        (self.settings.exits_dir / cid).unlink(missing_ok=True)
-        (self.settings.attach_dir / cid).unlink(missing_ok=True)
+    def _remove_host_state(self, sandbox: Sandbox | None, cid: str) -> None:
+        remove_files(self.layout.container(cid))
+        self.layout.exit_file(cid).unlink(missing_ok=True)
+        self.layout.attach_link(cid).unlink(missing_ok=True)
         if sandbox is not None:
             self.cgroups.remove(container_cgroup_path(sandbox.cgroup_path, cid))
 
@@ -272,7 +271,7 @@ class ContainerManager:
             except OciRuntimeError as exc:
                 # The runtime may complain about a container that started and already ended;
                 # conmon's exit file tells those apart from a start that never happened.
-                if not exit_recorded(self.settings.exits_dir, container.id):
+                if not exit_recorded(self.layout.exit_file(container.id)):
                     self._finish(container, 128, "ContainerCannotRun", str(exc))
                     raise ContainerRuntimeFailed(
                         f"starting container {container.id}: {exc}"
@@ -343,8 +342,7 @@ class ContainerManager:
                 with contextlib.suppress(OciRuntimeError):
                     await runtime.delete(current.id, force=True)
             sandbox = self.sandboxes.find(current.sandbox_id)
-            paths = ContainerPaths.of(self.settings, current.id)
-            await asyncio.to_thread(self._remove_host_state, paths, sandbox, current.id)
+            await asyncio.to_thread(self._remove_host_state, sandbox, current.id)
             final = self.store.find(current.id) or current
             self.store.delete(current.id)
             self._exited.pop(current.id, None)
@@ -379,7 +377,7 @@ class ContainerManager:
             )
         log_path = Path(container.log_path) if container.log_path else None
         try:
-            await asyncio.to_thread(reopen_log, Path(container.bundle), log_path)
+            await asyncio.to_thread(reopen_log, self.layout.container(container.id).ctl, log_path)
         except ConmonError as exc:
             raise ContainerRuntimeFailed(f"container {container.id}: {exc}") from None
 
@@ -391,7 +389,7 @@ class ContainerManager:
             raise FailedPrecondition(f"container {container.id} is not running")
         if not command:
             raise InvalidArgument("cmd is empty")
-        paths = ContainerPaths.of(self.settings, container.id)
+        paths = self.layout.container(container.id)
         process = await asyncio.to_thread(exec_process_spec, paths, command)
         try:
             result = await exec_sync(

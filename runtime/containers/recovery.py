@@ -15,7 +15,7 @@ import signal
 import time
 from pathlib import Path
 
-from runtime.containers.bundle import ContainerPaths, container_cgroup_path, remove_files
+from runtime.containers.bundle import container_cgroup_path, remove_files
 from runtime.containers.exit_recorder import UNKNOWN_EXIT_CODE, ExitRecorder
 from runtime.containers.model import Container, ContainerState
 from runtime.host.cgroups import CgroupLayout
@@ -64,7 +64,7 @@ async def _remove_half_created(
         # What the runtime made of the create is gone either way; a refusal here changes nothing.
         with contextlib.suppress(OciRuntimeError):
             await runtime.delete(container.id, force=True)
-    await asyncio.to_thread(remove_files, ContainerPaths.of(settings, container.id))
+    await asyncio.to_thread(remove_files, settings.layout.container(container.id))
     sandbox = sandboxes.find(container.sandbox_id)
     if sandbox is not None:
         await asyncio.to_thread(
@@ -85,7 +85,7 @@ def _reconcile(
         return []
     exits = ExitRecorder(store, sandboxes, cgroups)
     try:
-        recorded = read_exit_file(settings.exits_dir, container.id)
+        recorded = read_exit_file(settings.layout.exit_file(container.id))
     except ValueError as exc:
         exits.record(container, UNKNOWN_EXIT_CODE, time.time_ns(), "Unknown", str(exc))
         return [f"container {container.id} exited while the agent was away: {exc}"]
@@ -116,17 +116,18 @@ def _kill(pid: int) -> None:
 
 def _remove_orphans(settings: RuntimeSettings, known: set[str]) -> list[str]:
     fixed = []
-    for parent in (settings.containers_dir, settings.containers_run_dir):
+    layout = settings.layout
+    for parent in (layout.containers_dir, layout.containers_run_dir):
         try:
             entries = list(parent.iterdir())
         except FileNotFoundError:
             continue
         for directory in entries:
             if directory.name not in known:
-                remove_files(ContainerPaths.of(settings, directory.name))
+                remove_files(layout.container(directory.name))
                 shutil.rmtree(directory, ignore_errors=True)
                 fixed.append(f"removed orphan container dir {directory}")
-    for exit_file in _files(settings.exits_dir):
+    for exit_file in _files(layout.exits_dir):
         if exit_file.name not in known:
             exit_file.unlink(missing_ok=True)
     return fixed

@@ -191,11 +191,10 @@ def _exec_scratch(bundle: Path, process_spec: dict[str, Any]) -> Path:
     return scratch
 
 
-def reopen_log(bundle: Path, log_path: Path | None = None, timeout_s: float = 5.0) -> None:
-    """Ask conmon to reopen the container's log file (after the kubelet rotated it), and
-    return once log_path exists again: the kubelet stats the new file right after the call.
-    Blocking: run it in a thread."""
-    ctl = bundle / "ctl"
+def reopen_log(ctl: Path, log_path: Path | None = None, timeout_s: float = 5.0) -> None:
+    """Ask conmon, through its ctl FIFO, to reopen the container's log file (after the kubelet
+    rotated it), and return once log_path exists again: the kubelet stats the new file right
+    after the call. Blocking: run it in a thread."""
     try:
         fd = os.open(ctl, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as exc:

@@ -1,5 +1,5 @@
-"""conmon's record of a container's end: a file named after the container in the exits dir,
-holding the exit code as decimal text (128 + signal for a killed process)."""
+"""conmon's record of a container's end: a file named after the container in the exits dir
+(Layout.exit_file), holding the exit code as decimal text (128 + signal for a killed process)."""
 
 from __future__ import annotations
 
@@ -14,9 +14,8 @@ class RecordedExit:
     written_at_ns: int
 
 
-def read_exit_file(exits_dir: Path, container_id: str) -> RecordedExit | None:
+def read_exit_file(path: Path) -> RecordedExit | None:
     """None while conmon has recorded no exit; ValueError when the file holds no code."""
-    path = exits_dir / container_id
     try:
         text = path.read_text().strip()
         written_at_ns = path.stat().st_mtime_ns
@@ -28,6 +27,6 @@ def read_exit_file(exits_dir: Path, container_id: str) -> RecordedExit | None:
         raise ValueError(f"exit file {path} holds {text!r}, not an exit code") from None
 
 
-def exit_recorded(exits_dir: Path, container_id: str) -> bool:
+def exit_recorded(path: Path) -> bool:
     """True once conmon recorded the container's end: it renames the file into place whole."""
-    return (exits_dir / container_id).is_file()
+    return path.is_file()

@@ -30,7 +30,7 @@ from runtime.pods.model import (
     SandboxFilter,
     SandboxState,
 )
-from runtime.pods.setup import build_sandbox, remove_sandbox, sandbox_paths, stop_sandbox
+from runtime.pods.setup import build_sandbox, remove_sandbox, stop_sandbox
 from runtime.pods.sysctls import validate_sysctls
 from runtime.pods.userns import supported as userns_supported
 from runtime.settings import RuntimeSettings
@@ -113,7 +113,7 @@ class SandboxManager:
                     f"namespace cannot share the node's {', '.join(shared)} namespace"
                 )
         sandbox_id = secrets.token_hex(32)
-        sandbox_dir, _, shm = sandbox_paths(self.settings, sandbox_id)
+        paths = self.settings.layout.sandbox(sandbox_id)
         parent = config.cgroup_parent or self.settings.default_cgroup_parent
         return Sandbox(
             id=sandbox_id,
@@ -122,8 +122,8 @@ class SandboxManager:
             created_at_ns=time.time_ns(),
             runtime_handler=handler,
             cgroup_path=pod_cgroup_path(self.settings.cgroup_driver, parent, sandbox_id),
-            shm_path="" if ns.ipc is NamespaceMode.NODE else str(shm),
-            resolv_conf_path=str(sandbox_dir / "resolv.conf"),
+            shm_path="" if ns.ipc is NamespaceMode.NODE else str(paths.shm),
+            resolv_conf_path=str(paths.resolv_conf),
         )
 
     async def _run(self, config: SandboxConfig) -> Sandbox:

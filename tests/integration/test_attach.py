@@ -49,7 +49,7 @@ async def test_attach_receives_output_and_detaching_leaves_the_container_running
     assert own_fds() <= fds_before
     state = await host.runtime.state(container_id)
     assert state is not None and state["status"] == "running"
-    assert not exit_recorded(host.exits, container_id)
+    assert not exit_recorded(host.exits / container_id)
 
     again = FakeClient(stderr=False)
     attached = asyncio.create_task(

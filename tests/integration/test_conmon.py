@@ -148,7 +148,9 @@ def host(request: pytest.FixtureRequest) -> Iterator[Host]:
     hide = UNIFIED if name == "crun" and os.path.ismount(UNIFIED) else None
     base = Path(f"/tmp/mct-{uuid.uuid4().hex[:8]}")
     base.mkdir()
-    runtime = OciRuntime(name, Path(binary), base / "oci" / name, hide_mount=hide)
+    runtime = OciRuntime(
+        name, Path(binary), base / "oci" / name, base / "oci" / "wrappers", hide_mount=hide
+    )
     found = Host(runtime, base, f"/moorage-test-{uuid.uuid4().hex[:8]}")
     try:
         yield found
@@ -213,7 +215,7 @@ def _remove_cgroups(parent: str) -> None:
 
 
 def _exit_recorded(exits: Path, container_id: str) -> Callable[[], bool]:
-    return lambda: exit_recorded(exits, container_id)
+    return lambda: exit_recorded(exits / container_id)
 
 
 def _log_records(log_path: Path) -> list[tuple[str, str, str]]:
@@ -243,7 +245,7 @@ async def test_output_is_logged_and_the_exit_code_reported_at_once(host: Host) -
         watcher.close()
     code, seen_at = reported[container_id]
     assert code == 3
-    recorded = read_exit_file(host.exits, container_id)
+    recorded = read_exit_file(host.exits / container_id)
     assert recorded is not None and recorded.code == 3
     assert seen_at - recorded.written_at_ns / 1e9 < 0.1
     assert _log_records(bundle / "ctr.log") == [("stdout", "F", "out"), ("stderr", "F", "err")]
@@ -258,7 +260,7 @@ async def test_exit_files_already_present_are_reported_on_start(host: Host) -> N
     watcher.start()
     watcher.close()
     assert reported == [("earlier", 137)]
-    assert read_exit_file(host.exits, "never-ran") is None
+    assert read_exit_file(host.exits / "never-ran") is None
 
 
 async def test_output_without_a_trailing_newline_is_a_partial_record(host: Host) -> None:
@@ -280,7 +282,7 @@ async def test_exec_sync_returns_output_and_exit_code(host: Host) -> None:
     assert (result.stdout, result.stderr) == (b"hi\n01234", b"oops\n")
     assert not [p for p in bundle.iterdir() if p.name.startswith("exec-")]
     # The container's own conmon still owns the ctl FIFO: exec must not have replaced it.
-    reopen_log(bundle)
+    reopen_log(bundle / "ctl")
 
 
 async def test_exec_sync_past_its_deadline_kills_the_process(host: Host) -> None:
@@ -307,17 +309,17 @@ async def test_reopen_log_after_rotation_writes_a_new_file(host: Host) -> None:
     log_path = bundle / "ctr.log"
     assert await wait_until_async(lambda: log_path.exists() and log_path.stat().st_size > 0)
     log_path.rename(bundle / "ctr.log.1")
-    reopen_log(bundle)
+    reopen_log(bundle / "ctl")
     assert await wait_until_async(lambda: log_path.exists() and "tick" in log_path.read_text())
     assert ("stdout", "F", "tick") in _log_records(log_path)
 
 
 def test_reopen_log_without_conmon_fails_clearly(tmp_path: Path) -> None:
     with pytest.raises(ConmonError, match="ctl"):
-        reopen_log(tmp_path)
+        reopen_log(tmp_path / "ctl")
     os.mkfifo(tmp_path / "ctl")
     with pytest.raises(ConmonError, match="conmon is not running"):
-        reopen_log(tmp_path)
+        reopen_log(tmp_path / "ctl")
 
 
 _AGENT = """
@@ -329,7 +331,9 @@ from runtime.oci.runtime_cli import OciRuntime, OciRuntimeError
 a = json.loads(sys.argv[1])
 async def main():
     hide = Path(a["hide"]) if a["hide"] else None
-    runtime = OciRuntime(a["name"], Path(a["binary"]), Path(a["root"]), hide_mount=hide)
+    runtime = OciRuntime(
+        a["name"], Path(a["binary"]), Path(a["root"]), Path(a["wrappers"]), hide_mount=hide
+    )
     p = await create_container(
         Path(a["conmon"]), runtime, container_id=a["id"], bundle=Path(a["bundle"]),
         log_path=None, exit_dir=Path(a["exits"]), socket_dir=Path(a["attach"]),
@@ -350,6 +354,7 @@ def _create_from_an_agent_then_kill_it(host: Host, container_id: str, bundle: Pa
         "name": runtime.name,
         "binary": str(runtime.binary),
         "root": str(runtime.state_root),
+        "wrappers": str(runtime.wrapper_dir),
         "hide": str(runtime.hide_mount or ""),
         "conmon": str(CONMON),
         "id": container_id,
