@@ -398,28 +398,6 @@ class CniNetwork:
             cache_path.unlink(missing_ok=True)
         log.info("cni detached", sandbox_id=sandbox_id)
 
-    async def check(self, pod: PodNetworkRequest) -> None:
-        """CNI CHECK of the pod's attachments with the cached result as prevResult."""
-        _check_sandbox_id(pod.sandbox_id)
-        cached = self._cached_attachments(pod.sandbox_id)
-        if not cached:
-            raise NetworkError(f"sandbox {pod.sandbox_id} has no cached CNI attachment to check")
-        for entry in cached:
-            config = entry.config
-            if config is None:
-                raise NetworkError(f"cached CNI configuration {entry.path} is unusable")
-            if config.version < (0, 4, 0) or config.disable_check:
-                continue
-            rt = RuntimeArgs(
-                entry.sandbox_id,
-                pod.netns_path,
-                entry.ifname,
-                entry.cni_args,
-                entry.capability_args,
-            )
-            for plugin in config.plugins:
-                await self._call(config, plugin, "CHECK", rt, entry.result)
-
     async def status(self) -> None:
         """CNI STATUS where the configuration is 1.1.0 or newer; NetworkNotReady if not ready."""
         config = self._config_for_attach()

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from network.bridge_network import BridgeNetwork
-from network.cni import CniNetwork, CniSettings
+from network.cni import CniNetwork
 from network.errors import InvalidNetworkRequest
 from network.ipam import parse_ranges
 from network.types import PodNetwork
@@ -52,14 +52,7 @@ class Runtime:
         self.bridge: BridgeNetwork | None = None
         self.network: PodNetwork
         if settings.network_mode == "cni":
-            self.network = CniNetwork(
-                CniSettings(
-                    conf_dir=settings.cni_conf_dir,
-                    bin_dirs=settings.cni_bin_dirs,
-                    cache_dir=layout.cni_cache_dir,
-                    plugin_timeout_s=settings.cni_plugin_timeout_s,
-                )
-            )
+            self.network = CniNetwork(settings.cni)
         else:
             self.bridge = BridgeNetwork(settings.bridge, self.pod_cidr, self.db)
             self.network = self.bridge

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from network.bridge_network import BridgeSettings
+from network.cni import CniSettings
 from runtime.containers.model import SeccompKind
 from runtime.layout import Layout
 
@@ -58,6 +59,15 @@ class RuntimeSettings:
     @property
     def layout(self) -> Layout:
         return Layout(self.root_dir, self.run_dir)
+
+    @property
+    def cni(self) -> CniSettings:
+        return CniSettings(
+            cache_dir=self.layout.cni_cache_dir,
+            conf_dir=self.cni_conf_dir,
+            bin_dirs=self.cni_bin_dirs,
+            plugin_timeout_s=self.cni_plugin_timeout_s,
+        )
 
     def handler(self, name: str) -> RuntimeHandlerSettings:
         return self.handlers[name or self.default_handler]

@@ -106,10 +106,6 @@ async def create_container(
     return ConmonProcess(conmon_pid=_read_pid(bundle / "conmon.pid"), pid=pid)
 
 
-async def start_container(runtime: OciRuntime, container_id: str) -> None:
-    await runtime.start(container_id)
-
-
 async def exec_sync(
     conmon: Path,
     runtime: OciRuntime,

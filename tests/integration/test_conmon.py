@@ -28,7 +28,6 @@ from runtime.oci.conmon import (
     create_container,
     exec_sync,
     reopen_log,
-    start_container,
 )
 from runtime.oci.exit_files import exit_recorded, read_exit_file
 from runtime.oci.runtime_cli import OciRuntime, OciRuntimeError
@@ -239,7 +238,7 @@ async def test_output_is_logged_and_the_exit_code_reported_at_once(host: Host) -
             ["/bin/sh", "-c", "echo out; echo err >&2; exit 3"]
         )
         assert process.pid > 0 and process.conmon_pid > 0
-        await start_container(host.runtime, container_id)
+        await host.runtime.start(container_id)
         assert await wait_until_async(lambda: container_id in reported)
     finally:
         watcher.close()
@@ -265,14 +264,14 @@ async def test_exit_files_already_present_are_reported_on_start(host: Host) -> N
 
 async def test_output_without_a_trailing_newline_is_a_partial_record(host: Host) -> None:
     container_id, bundle, _ = await host.create(["/bin/sh", "-c", "printf 'no newline'"])
-    await start_container(host.runtime, container_id)
+    await host.runtime.start(container_id)
     assert await wait_until_async(_exit_recorded(host.exits, container_id))
     assert _log_records(bundle / "ctr.log") == [("stdout", "P", "no newline")]
 
 
 async def test_exec_sync_returns_output_and_exit_code(host: Host) -> None:
     container_id, bundle, _ = await host.create(["/bin/sleep", "60"])
-    await start_container(host.runtime, container_id)
+    await host.runtime.start(container_id)
     spec = process(["/bin/sh", "-c", "echo hi; echo oops >&2; printf 0123456789abc; exit 7"])
     result = await exec_sync(
         CONMON, host.runtime, container_id=container_id, bundle=bundle, process_spec=spec,
@@ -287,7 +286,7 @@ async def test_exec_sync_returns_output_and_exit_code(host: Host) -> None:
 
 async def test_exec_sync_past_its_deadline_kills_the_process(host: Host) -> None:
     container_id, bundle, _ = await host.create(["/bin/sleep", "60"])
-    await start_container(host.runtime, container_id)
+    await host.runtime.start(container_id)
     marker = uuid.uuid4().hex
     spec = process(["/bin/sleep", "60"], env=[f"MOORAGE_EXEC_MARKER={marker}"])
     started = time.monotonic()
@@ -305,7 +304,7 @@ async def test_exec_sync_past_its_deadline_kills_the_process(host: Host) -> None
 async def test_reopen_log_after_rotation_writes_a_new_file(host: Host) -> None:
     script = "while true; do echo tick; sleep 0.05; done"
     container_id, bundle, _ = await host.create(["/bin/sh", "-c", script])
-    await start_container(host.runtime, container_id)
+    await host.runtime.start(container_id)
     log_path = bundle / "ctr.log"
     assert await wait_until_async(lambda: log_path.exists() and log_path.stat().st_size > 0)
     log_path.rename(bundle / "ctr.log.1")
@@ -325,7 +324,7 @@ def test_reopen_log_without_conmon_fails_clearly(tmp_path: Path) -> None:
 _AGENT = """
 import asyncio, json, sys
 from pathlib import Path
-from runtime.oci.conmon import create_container, start_container
+from runtime.oci.conmon import create_container
 from runtime.oci.runtime_cli import OciRuntime, OciRuntimeError
 
 a = json.loads(sys.argv[1])
@@ -339,7 +338,7 @@ async def main():
         log_path=None, exit_dir=Path(a["exits"]), socket_dir=Path(a["attach"]),
         tty=False, stdin=False, stdin_once=False,
     )
-    await start_container(runtime, a["id"])
+    await runtime.start(a["id"])
     print(p.conmon_pid, p.pid, flush=True)
     await asyncio.sleep(60)
 asyncio.run(main())
@@ -399,7 +398,7 @@ async def test_create_failure_raises_the_runtime_message_and_leaves_nothing(host
 
 async def test_update_below_usage_is_refused_with_the_runtime_message(host: Host) -> None:
     container_id, _, _ = await host.create(["/bin/sleep", "60"])
-    await start_container(host.runtime, container_id)
+    await host.runtime.start(container_id)
     await host.runtime.update(container_id, {"cpu": {"shares": 512}})
     with pytest.raises(OciRuntimeError) as refused:
         await host.runtime.update(container_id, {"memory": {"limit": 4096, "swap": 4096}})
@@ -420,7 +419,7 @@ async def test_create_and_start_timing(host: Host, capsys: pytest.CaptureFixture
     for _ in range(10):
         started = time.perf_counter()
         container_id, _, _ = await host.create(["/bin/true"], log=False)
-        await start_container(host.runtime, container_id)
+        await host.runtime.start(container_id)
         durations_ms.append((time.perf_counter() - started) * 1000)
         assert await wait_until_async(_exit_recorded(host.exits, container_id))
         await host.runtime.delete(container_id, force=True)
