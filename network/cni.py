@@ -1,8 +1,8 @@
 """CNI mode: pods wired up by the node's standard CNI plugins, called as the CNI spec says.
 
 Each pod attachment runs the network's plugins in order with ADD (each one gets the previous
-one's result as `prevResult`), and in reverse with DEL; network.cni_cache keeps what DEL and
-CHECK need.
+one's result as `prevResult`), and in reverse with DEL; network.cni_cache keeps what DEL
+needs.
 
 Plugin facts worth knowing (containernetworking-plugins 1.1.1, Debian 12):
 - portmap's DEL removes its rules only when `runtimeConfig.portMappings` is passed again,

@@ -77,7 +77,7 @@ class Layout:
 
     @property
     def cni_cache_dir(self) -> Path:
-        """CNI results of attached pods, for DEL and CHECK."""
+        """CNI results of attached pods, for DEL."""
         return self.root_dir / "cni"
 
     @property
