@@ -57,7 +57,12 @@ def _check(config: Config) -> int:
     runtimes.update({name: h.path for name, h in rt.handlers.items()})
     with tempfile.TemporaryDirectory(prefix="moorage-check-") as work_dir:
         checks = run_host_checks(
-            runtimes, rt.conmon_path, rt.seccomp_profile, Path(rt.infra_command[0]), Path(work_dir)
+            runtimes,
+            rt.conmon_path,
+            rt.seccomp_profile,
+            Path(rt.infra_command[0]),
+            Path(work_dir),
+            cni=rt.cni if rt.network_mode == "cni" else None,
         )
     print(format_host_checks(checks))
     return 0 if host_checks_pass(checks) else 1

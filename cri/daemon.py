@@ -24,6 +24,7 @@ from cri.runtime_service import RuntimeService
 from cri.streaming.server import StreamingServer
 from network.errors import NetworkError
 from runtime.agent import Runtime
+from runtime.layout import Layout
 
 log = structlog.get_logger("moorage.daemon")
 
@@ -33,15 +34,15 @@ MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 
 
 @contextlib.contextmanager
-def exclusive_root(root_dir: Path) -> Iterator[None]:
+def exclusive_root(layout: Layout) -> Iterator[None]:
     """One agent per root dir: two would fight over state.db and the pins."""
-    root_dir.mkdir(parents=True, exist_ok=True)
-    fd = os.open(root_dir / "moorage.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    layout.root_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(layout.lock_file, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise ConfigError(f"another moorage agent is using {root_dir}") from None
+            raise ConfigError(f"another moorage agent is using {layout.root_dir}") from None
         yield
     finally:
         os.close(fd)
@@ -65,10 +66,10 @@ async def serve(config: Config) -> int:
     loop.set_default_executor(
         ThreadPoolExecutor(max_workers=WORKER_THREADS, thread_name_prefix="moorage-worker")
     )
-    with exclusive_root(config.runtime.root_dir):
+    with exclusive_root(config.runtime.layout):
         runtime = await asyncio.to_thread(Runtime, config.runtime)
         try:
-            for fix in await asyncio.to_thread(runtime.recover):
+            for fix in await runtime.recover():
                 log.info("recovered", fix=fix)
             try:
                 for fix in await runtime.recover_network():

@@ -36,7 +36,7 @@ class MetricsSnapshot:
 
     def __call__(self) -> tuple[list[ContainerSample], list[PodSample]]:
         sandboxes = {s.id: s for s in self.runtime.sandboxes.all()}
-        filesystem = read_filesystem(str(self.runtime.settings.containers_dir))
+        filesystem = read_filesystem(str(self.runtime.layout.containers_dir))
         containers: list[ContainerSample] = []
         for container in self.runtime.containers.all():
             sandbox = sandboxes.get(container.sandbox_id)

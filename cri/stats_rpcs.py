@@ -26,7 +26,7 @@ class StatsRpcs(Handlers):
 
     @property
     def _writable_root(self) -> str:
-        return str(self.runtime.settings.containers_dir)
+        return str(self.runtime.layout.containers_dir)
 
     async def ContainerStats(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         container = self.runtime.containers.status(container_id(request))

@@ -1,8 +1,8 @@
 """CNI mode: pods wired up by the node's standard CNI plugins, called as the CNI spec says.
 
 Each pod attachment runs the network's plugins in order with ADD (each one gets the previous
-one's result as `prevResult`), and in reverse with DEL; network.cni_cache keeps what DEL and
-CHECK need.
+one's result as `prevResult`), and in reverse with DEL; network.cni_cache keeps what DEL
+needs.
 
 Plugin facts worth knowing (containernetworking-plugins 1.1.1, Debian 12):
 - portmap's DEL removes its rules only when `runtimeConfig.portMappings` is passed again,
@@ -71,9 +71,10 @@ class CniPluginError(NetworkError):
 
 @dataclass(frozen=True)
 class CniSettings:
+    # Results cache, one file per pod attachment: the agent's Layout says where.
+    cache_dir: Path
     conf_dir: Path = Path("/etc/cni/net.d")
     bin_dirs: tuple[Path, ...] = (Path("/opt/cni/bin"), Path("/usr/lib/cni"))
-    cache_dir: Path = Path("/var/lib/moorage/cni")  # results cache, one file per pod attachment
     plugin_timeout_s: float = 10.0
     ifname: str = "eth0"
 
@@ -396,28 +397,6 @@ class CniNetwork:
         if cache_path is not None:
             cache_path.unlink(missing_ok=True)
         log.info("cni detached", sandbox_id=sandbox_id)
-
-    async def check(self, pod: PodNetworkRequest) -> None:
-        """CNI CHECK of the pod's attachments with the cached result as prevResult."""
-        _check_sandbox_id(pod.sandbox_id)
-        cached = self._cached_attachments(pod.sandbox_id)
-        if not cached:
-            raise NetworkError(f"sandbox {pod.sandbox_id} has no cached CNI attachment to check")
-        for entry in cached:
-            config = entry.config
-            if config is None:
-                raise NetworkError(f"cached CNI configuration {entry.path} is unusable")
-            if config.version < (0, 4, 0) or config.disable_check:
-                continue
-            rt = RuntimeArgs(
-                entry.sandbox_id,
-                pod.netns_path,
-                entry.ifname,
-                entry.cni_args,
-                entry.capability_args,
-            )
-            for plugin in config.plugins:
-                await self._call(config, plugin, "CHECK", rt, entry.result)
 
     async def status(self) -> None:
         """CNI STATUS where the configuration is 1.1.0 or newer; NetworkNotReady if not ready."""

@@ -1,7 +1,7 @@
 """The on-disk cache of CNI attachments: one file per pod and interface.
 
-It holds the ADD result, the configuration ADD used and the runtime arguments, so DEL and
-CHECK use exactly what ADD used even when the conf dir changed since, and a restarted agent
+It holds the ADD result, the configuration ADD used and the runtime arguments, so DEL uses
+exactly what ADD used even when the conf dir changed since, and a restarted agent
 can still release the attachments of pods that are gone.
 """
 

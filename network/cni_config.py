@@ -36,7 +36,6 @@ class NetworkConfigList:
     name: str
     cni_version: str
     plugins: tuple[dict[str, Any], ...]
-    disable_check: bool = False
     source: str = ""
     # The list as one JSON document: a .conflist as read, a .conf as wrapped.
     raw: bytes = b""
@@ -124,11 +123,12 @@ def parse_config_list(data: bytes, source: str = "", single: bool = False) -> Ne
     plugins = document.get("plugins")
     if not isinstance(plugins, list) or not plugins:
         raise CniConfigError("no plugins")
+    # libcni refuses a list whose disableCheck is not a boolean, though the agent never CHECKs.
+    _flag(document, "disableCheck")
     return NetworkConfigList(
         name=name,
         cni_version=version,
         plugins=tuple(_check_plugin(i, p) for i, p in enumerate(plugins)),
-        disable_check=_flag(document, "disableCheck"),
         source=source,
         raw=data,
     )

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from network.bridge_network import BridgeNetwork
-from network.cni import CniNetwork, CniSettings
+from network.cni import CniNetwork
 from network.errors import InvalidNetworkRequest
 from network.ipam import parse_ranges
 from network.types import PodNetwork
-from runtime.containers.bundle import ContainerPaths
 from runtime.containers.exit_watcher import ExitWatcher
 from runtime.containers.layer_usage import WritableLayerUsage
 from runtime.containers.manager import ContainerManager
@@ -43,22 +43,16 @@ class Readiness:
 class Runtime:
     def __init__(self, settings: RuntimeSettings) -> None:
         self.settings = settings
-        dirs = (settings.exits_dir, settings.attach_dir, settings.containers_run_dir)
-        for directory in (settings.root_dir, settings.run_dir, *self.store_dirs(settings), *dirs):
+        self.layout = layout = settings.layout
+        dirs = (layout.exits_dir, layout.attach_dir, layout.containers_run_dir)
+        for directory in (layout.root_dir, layout.run_dir, *self.store_dirs(), *dirs):
             directory.mkdir(parents=True, exist_ok=True, mode=0o711)
-        self.db = StateDB(settings.state_db)
+        self.db = StateDB(layout.state_db)
         self.cgroups = CgroupLayout.detect()
         self.bridge: BridgeNetwork | None = None
         self.network: PodNetwork
         if settings.network_mode == "cni":
-            self.network = CniNetwork(
-                CniSettings(
-                    conf_dir=settings.cni_conf_dir,
-                    bin_dirs=settings.cni_bin_dirs,
-                    cache_dir=settings.cni_cache_dir,
-                    plugin_timeout_s=settings.cni_plugin_timeout_s,
-                )
-            )
+            self.network = CniNetwork(settings.cni)
         else:
             self.bridge = BridgeNetwork(settings.bridge, self.pod_cidr, self.db)
             self.network = self.bridge
@@ -68,7 +62,8 @@ class Runtime:
             name: OciRuntime(
                 name,
                 handler.path,
-                settings.oci_state_dir(name),
+                layout.oci_state_dir(name),
+                layout.oci_wrappers_dir,
                 hide_mount=self._hidden_for(handler.path),
             )
             for name, handler in settings.handlers.items()
@@ -84,7 +79,7 @@ class Runtime:
         self.streams = StreamingSessions(settings, self.containers, self.sandboxes)
         self._exit_watcher: ExitWatcher | None = None
         self.layer_usage = WritableLayerUsage(
-            lambda: {c.id: ContainerPaths.of(settings, c.id).upper for c in self.containers.all()}
+            lambda: {c.id: layout.container(c.id).upper for c in self.containers.all()}
         )
 
     def _hidden_for(self, binary: Path) -> Path | None:
@@ -96,16 +91,14 @@ class Runtime:
 
     def watch_exits(self) -> None:
         """Start reporting container exits, those that happened before included."""
-        self._exit_watcher = ExitWatcher(self.settings.exits_dir, self.containers.on_exit)
+        self._exit_watcher = ExitWatcher(self.layout.exits_dir, self.containers.on_exit)
         self._exit_watcher.start()
 
     async def start_container(self, id_or_prefix: str) -> None:
         await self.containers.start(id_or_prefix)
         started = self.containers.status(id_or_prefix)
         # A first writable-layer figure now, not at the next round of measurements.
-        self.layer_usage.measure_soon(
-            started.id, ContainerPaths.of(self.settings, started.id).upper
-        )
+        self.layer_usage.measure_soon(started.id, self.layout.container(started.id).upper)
 
     async def stop_sandbox(self, id_or_prefix: str) -> None:
         sandbox = self.sandboxes.find(id_or_prefix)
@@ -119,18 +112,22 @@ class Runtime:
             await self.containers.remove_all(sandbox.id)
         await self.sandboxes.remove(id_or_prefix)
 
-    @staticmethod
-    def store_dirs(settings: RuntimeSettings) -> tuple[Path, Path, Path]:
+    def store_dirs(self) -> tuple[Path, Path, Path]:
         """(blobs, unpacked layers, writable layers): what ImageFsInfo reports on."""
-        return settings.content_dir, settings.layers_dir, settings.root_dir / "containers"
+        return self.layout.content_dir, self.layout.layers_dir, self.layout.containers_dir
 
-    def recover(self) -> list[str]:
-        """Reconcile pods and images with the host; blocking, run before serving."""
-        fixed = reconcile_sandboxes(self.settings, self.cgroups, self.sandboxes.store)
-        fixed += reconcile_containers(
-            self.settings, self.cgroups, self.containers.store, self.sandboxes.store
+    async def recover(self) -> list[str]:
+        """Reconcile pods, containers and images with the host; run before serving."""
+        fixed = await asyncio.to_thread(
+            reconcile_sandboxes, self.settings, self.cgroups, self.sandboxes.store
         )
-        return fixed + self.images.recover()
+        fixed += await reconcile_containers(
+            self.settings,
+            self.cgroups,
+            (self.containers.store, self.sandboxes.store),
+            self.runtimes,
+        )
+        return fixed + await asyncio.to_thread(self.images.recover)
 
     async def recover_network(self) -> list[str]:
         """Drop addresses, veths and rules of pods that are no longer ready; set the host up."""
@@ -178,8 +175,8 @@ class Runtime:
         return Readiness(network.ready, network.reason, network.message)
 
     def image_fs_usage(self) -> DiskUsage:
-        content, layers, _ = self.store_dirs(self.settings)
+        content, layers, _ = self.store_dirs()
         return disk_usage(content, layers)
 
     def container_fs_usage(self) -> DiskUsage:
-        return disk_usage(self.store_dirs(self.settings)[2])
+        return disk_usage(self.store_dirs()[2])

@@ -6,7 +6,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from network.bridge_network import BridgeSettings
+from network.cni import CniSettings
 from runtime.containers.model import SeccompKind
+from runtime.layout import Layout
 
 
 @dataclass(frozen=True)
@@ -55,67 +57,17 @@ class RuntimeSettings:
     images: ImageSettings = field(default_factory=ImageSettings)
 
     @property
-    def content_dir(self) -> Path:
-        """Verified blobs (layers, configs, manifests) by digest."""
-        return self.root_dir / "content"
+    def layout(self) -> Layout:
+        return Layout(self.root_dir, self.run_dir)
 
     @property
-    def layers_dir(self) -> Path:
-        """Unpacked layers by chain id: the lower dirs of container rootfs overlays."""
-        return self.root_dir / "layers"
-
-    @property
-    def cni_cache_dir(self) -> Path:
-        """CNI results of attached pods, for DEL and CHECK."""
-        return self.root_dir / "cni"
-
-    @property
-    def state_db(self) -> Path:
-        return self.root_dir / "state.db"
-
-    @property
-    def sandboxes_dir(self) -> Path:
-        """Persistent per-pod files (resolv.conf) that containers bind-mount."""
-        return self.root_dir / "sandboxes"
-
-    @property
-    def sandboxes_run_dir(self) -> Path:
-        """Volatile per-pod mounts (/dev/shm) that a reboot must not find stale."""
-        return self.run_dir / "sandboxes"
-
-    def sandbox_dir(self, sandbox_id: str) -> Path:
-        return self.sandboxes_dir / sandbox_id
-
-    def sandbox_run_dir(self, sandbox_id: str) -> Path:
-        return self.sandboxes_run_dir / sandbox_id
-
-    @property
-    def containers_dir(self) -> Path:
-        """Per container: the OCI bundle (config.json, conmon's files) and the upper/work dirs."""
-        return self.root_dir / "containers"
-
-    @property
-    def containers_run_dir(self) -> Path:
-        """Per container: the rootfs mount point, gone with a reboot as the mount is."""
-        return self.run_dir / "containers"
-
-    @property
-    def exits_dir(self) -> Path:
-        return self.run_dir / "exits"
-
-    @property
-    def attach_dir(self) -> Path:
-        return self.run_dir / "attach"
-
-    def oci_state_dir(self, handler: str) -> Path:
-        """The OCI runtime's --root for one handler: our containers never mix with others'."""
-        return self.run_dir / "oci" / handler
-
-    def pin_dir(self, kind: str) -> Path:
-        return self.run_dir / f"{kind}ns"
-
-    def pin_path(self, kind: str, sandbox_id: str) -> Path:
-        return self.pin_dir(kind) / sandbox_id
+    def cni(self) -> CniSettings:
+        return CniSettings(
+            cache_dir=self.layout.cni_cache_dir,
+            conf_dir=self.cni_conf_dir,
+            bin_dirs=self.cni_bin_dirs,
+            plugin_timeout_s=self.cni_plugin_timeout_s,
+        )
 
     def handler(self, name: str) -> RuntimeHandlerSettings:
         return self.handlers[name or self.default_handler]

@@ -10,11 +10,9 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from runtime.containers.bundle import (
-    ContainerPaths,
     container_cgroup_path,
     mount_rootfs,
     remove_files,
-    volumes_dir,
     write_spec,
 )
 from runtime.containers.executable import check_command
@@ -64,15 +62,15 @@ class ContainerBuilder:
         volumes: dict[int, list[Path]],
     ) -> BuiltContainer:
         """volumes: index in config.mounts of each image volume -> that image's lower dirs."""
-        paths = ContainerPaths.of(self.settings, container.id)
+        paths = self.settings.layout.container(container.id)
         userns = user_namespace_of(container.config, sandbox)
         idmap = Path(sandbox.pins["user"]) if userns is not None else None
         mount_rootfs(paths, lowers, userns, idmap)
         try:
-            config = _with_volumes(container.config, volumes, volumes_dir(paths), idmap)
+            config = _with_volumes(container.config, volumes, paths.volumes, idmap)
             user = resolve_user(paths.rootfs, config.security, image_config.user)
             prepare_mount_sources(config)
-            config = _with_staged_mounts(config, volumes_dir(paths), idmap)
+            config = _with_staged_mounts(config, paths.volumes, idmap)
             if container.log_path:
                 Path(container.log_path).parent.mkdir(parents=True, exist_ok=True)
             spec = build_spec(

@@ -8,31 +8,12 @@ import json
 import os
 import shutil
 from contextlib import ExitStack
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from runtime.containers.overlay import mount_overlay, unmount
+from runtime.layout import ContainerPaths
 from runtime.pods.model import UserNamespace
-from runtime.settings import RuntimeSettings
-
-
-@dataclass(frozen=True)
-class ContainerPaths:
-    bundle: Path
-    upper: Path
-    work: Path
-    rootfs: Path
-
-    @classmethod
-    def of(cls, settings: RuntimeSettings, container_id: str) -> ContainerPaths:
-        bundle = settings.containers_dir / container_id
-        return cls(
-            bundle=bundle,
-            upper=bundle / "upper",
-            work=bundle / "work",
-            rootfs=settings.containers_run_dir / container_id / "rootfs",
-        )
 
 
 def mount_rootfs(
@@ -62,20 +43,14 @@ def mount_rootfs(
 
 
 def write_spec(paths: ContainerPaths, spec: dict[str, Any]) -> None:
-    temporary = paths.bundle / "config.json.tmp"
+    temporary = paths.config.with_name(paths.config.name + ".tmp")
     temporary.write_text(json.dumps(spec))
-    os.replace(temporary, paths.bundle / "config.json")
+    os.replace(temporary, paths.config)
 
 
 def read_spec(paths: ContainerPaths) -> dict[str, Any]:
-    spec: dict[str, Any] = json.loads((paths.bundle / "config.json").read_text())
+    spec: dict[str, Any] = json.loads(paths.config.read_text())
     return spec
-
-
-def volumes_dir(paths: ContainerPaths) -> Path:
-    """Where image volumes and recursively read-only binds are mounted before they are bound
-    into the container."""
-    return paths.rootfs.parent / "volumes"
 
 
 def release_volume_mounts(paths: ContainerPaths) -> None:
@@ -84,7 +59,7 @@ def release_volume_mounts(paths: ContainerPaths) -> None:
     host, a staged copy of a host tree would pin it: the kubelet could not unmount or remove
     a volume under it while the pod runs."""
     with contextlib.suppress(FileNotFoundError):
-        for volume in volumes_dir(paths).iterdir():
+        for volume in paths.volumes.iterdir():
             unmount(volume, detach=True)
 
 

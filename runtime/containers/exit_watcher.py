@@ -18,6 +18,8 @@ from pathlib import Path
 
 import structlog
 
+from runtime.oci.exit_files import read_exit_file
+
 log = structlog.get_logger(__name__)
 
 _IN_CLOSE_WRITE = 0x00000008
@@ -111,14 +113,14 @@ class ExitWatcher:
         if _TEMPORARY.search(name):
             return
         try:
-            text = (self.exits_dir / name).read_text().strip()
-            exit_code = int(text)
-        except FileNotFoundError:
-            # A writer's temporary file, renamed away before we read it.
-            return
+            recorded = read_exit_file(self.exits_dir / name)
         except (OSError, ValueError) as exc:
             log.warning("unreadable exit file", container_id=name, error=str(exc))
             return
+        if recorded is None:
+            # A writer's temporary file, renamed away before we read it.
+            return
+        exit_code = recorded.code
         try:
             self._on_exit(name, exit_code)
         except Exception:

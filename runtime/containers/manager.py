@@ -28,13 +28,13 @@ from runtime.containers.build import (
     log_path as container_log_path,
 )
 from runtime.containers.bundle import (
-    ContainerPaths,
     container_cgroup_path,
     exec_process_spec,
     release_volume_mounts,
     remove_files,
 )
 from runtime.containers.events import ContainerEvent, EventBus, EventKind
+from runtime.containers.exit_recorder import ExitRecorder
 from runtime.containers.image_user import parse_image_config
 from runtime.containers.model import (
     Container,
@@ -53,15 +53,15 @@ from runtime.errors import (
 )
 from runtime.host.cgroups import CgroupLayout
 from runtime.images.manager import ImageManager
-from runtime.in_flight import InFlight
+from runtime.in_flight import InFlight, KeyedLocks
 from runtime.oci.conmon import (
     ConmonError,
     ContainerCreateError,
     create_container,
     exec_sync,
-    read_exit_code,
     reopen_log,
 )
+from runtime.oci.exit_files import exit_recorded
 from runtime.oci.runtime_cli import OciRuntime, OciRuntimeError
 from runtime.oci.seccomp_bpf import SeccompFilters
 from runtime.oci.spec import resources_to_oci
@@ -75,8 +75,6 @@ log = structlog.get_logger("moorage.container")
 EXEC_OUTPUT_CAP = 16 * 1024 * 1024
 # After SIGKILL the exit file follows within milliseconds; past this something is wrong.
 KILL_WAIT_S = 10.0
-# What the exit code of a container is when nobody saw it exit (a host reboot).
-UNKNOWN_EXIT_CODE = 255
 
 
 class ContainerManager:
@@ -90,15 +88,17 @@ class ContainerManager:
         runtimes: dict[str, OciRuntime],
     ) -> None:
         self.settings = settings
+        self.layout = settings.layout
         self.store = store
         self.sandboxes = sandboxes
         self.images = images
         self.cgroups = cgroups
         self.runtimes = runtimes
         self.events = EventBus()
-        self._locks: dict[str, asyncio.Lock] = {}
+        self._locks = KeyedLocks()
         self._exited: dict[str, asyncio.Event] = {}
         self._in_flight = InFlight()
+        self._exits = ExitRecorder(store, sandboxes, cgroups)
         self.builder = ContainerBuilder(settings, cgroups, store)
         self._filters = {
             name: SeccompFilters(runtime.binary)
@@ -175,7 +175,7 @@ class ContainerManager:
             volumes[index] = self.images.lower_dirs(volume)
         runtime = self.runtimes[sandbox.runtime_handler]
         container_id = secrets.token_hex(32)
-        paths = ContainerPaths.of(self.settings, container_id)
+        paths = self.layout.container(container_id)
         log_path = container_log_path(sandbox, config)
         image_config = parse_image_config(await asyncio.to_thread(self.images.config, image))
         container = Container(
@@ -209,8 +209,8 @@ class ContainerManager:
                 container_id=container_id,
                 bundle=paths.bundle,
                 log_path=Path(log_path) if log_path else None,
-                exit_dir=self.settings.exits_dir,
-                socket_dir=self.settings.attach_dir,
+                exit_dir=self.layout.exits_dir,
+                socket_dir=self.layout.attach_dir,
                 tty=config.tty,
                 stdin=config.stdin,
                 stdin_once=config.stdin_once,
@@ -249,14 +249,13 @@ class ContainerManager:
     ) -> None:
         with contextlib.suppress(OciRuntimeError):
             await runtime.delete(container.id, force=True)
-        paths = ContainerPaths.of(self.settings, container.id)
-        await asyncio.to_thread(self._remove_host_state, paths, sandbox, container.id)
+        await asyncio.to_thread(self._remove_host_state, sandbox, container.id)
         self.store.delete(container.id)
 
-    def _remove_host_state(self, paths: ContainerPaths, sandbox: Sandbox | None, cid: str) -> None:
-        remove_files(paths)
-        (self.settings.exits_dir / cid).unlink(missing_ok=True)
-        (self.settings.attach_dir / cid).unlink(missing_ok=True)
+    def _remove_host_state(self, sandbox: Sandbox | None, cid: str) -> None:
+        remove_files(self.layout.container(cid))
+        self.layout.exit_file(cid).unlink(missing_ok=True)
+        self.layout.attach_link(cid).unlink(missing_ok=True)
         if sandbox is not None:
             self.cgroups.remove(container_cgroup_path(sandbox.cgroup_path, cid))
 
@@ -277,8 +276,8 @@ class ContainerManager:
             except OciRuntimeError as exc:
                 # The runtime may complain about a container that started and already ended;
                 # conmon's exit file tells those apart from a start that never happened.
-                if read_exit_code(self.settings.exits_dir, container.id) is None:
-                    self._finish(container.id, 128, "ContainerCannotRun", str(exc))
+                if not exit_recorded(self.layout.exit_file(container.id)):
+                    self._finish(container, 128, "ContainerCannotRun", str(exc))
                     raise ContainerRuntimeFailed(
                         f"starting container {container.id}: {exc}"
                     ) from None
@@ -301,7 +300,7 @@ class ContainerManager:
         found = self.store.find(id_or_prefix)
         if found is None:
             return
-        async with self._lock(found.id):
+        async with self._locks.held(found.id):
             current = self.store.find(found.id)
             if current is not None:
                 await self._stop_locked(current, timeout_s)
@@ -338,7 +337,7 @@ class ContainerManager:
         container = self.store.find(id_or_prefix)
         if container is None:
             return
-        async with self._lock(container.id):
+        async with self._locks.held(container.id):
             current = self.store.find(container.id)
             if current is None:
                 return
@@ -348,14 +347,12 @@ class ContainerManager:
                 with contextlib.suppress(OciRuntimeError):
                     await runtime.delete(current.id, force=True)
             sandbox = self.sandboxes.find(current.sandbox_id)
-            paths = ContainerPaths.of(self.settings, current.id)
-            await asyncio.to_thread(self._remove_host_state, paths, sandbox, current.id)
+            await asyncio.to_thread(self._remove_host_state, sandbox, current.id)
             final = self.store.find(current.id) or current
             self.store.delete(current.id)
             self._exited.pop(current.id, None)
             log.info("container removed", container_id=current.id)
             self._publish(EventKind.DELETED, final)
-        self._locks.pop(container.id, None)
 
     async def update_resources(self, id_or_prefix: str, resources: Resources) -> Container:
         check_resources(resources, "linux")
@@ -385,7 +382,7 @@ class ContainerManager:
             )
         log_path = Path(container.log_path) if container.log_path else None
         try:
-            await asyncio.to_thread(reopen_log, Path(container.bundle), log_path)
+            await asyncio.to_thread(reopen_log, self.layout.container(container.id).ctl, log_path)
         except ConmonError as exc:
             raise ContainerRuntimeFailed(f"container {container.id}: {exc}") from None
 
@@ -397,7 +394,7 @@ class ContainerManager:
             raise FailedPrecondition(f"container {container.id} is not running")
         if not command:
             raise InvalidArgument("cmd is empty")
-        paths = ContainerPaths.of(self.settings, container.id)
+        paths = self.layout.container(container.id)
         process = await asyncio.to_thread(exec_process_spec, paths, command)
         try:
             result = await exec_sync(
@@ -424,33 +421,21 @@ class ContainerManager:
         container = self.store.find(container_id)
         if container is None or container.state in (ContainerState.EXITED,):
             return
-        oom = self._oom_killed(container)
-        reason = "OOMKilled" if oom else ("Completed" if exit_code == 0 else "Error")
-        finished = self._finish(container_id, 137 if oom else exit_code, reason, "")
-        log.info("container exited", container_id=container_id, exit_code=exit_code, reason=reason)
+        finished = self._finish(container, exit_code)
+        log.info(
+            "container exited",
+            container_id=container_id,
+            exit_code=exit_code,
+            reason=finished.reason,
+        )
         if finished.started_at_ns or container.state is ContainerState.RUNNING:
             self._publish(EventKind.STOPPED, finished)
 
-    def _oom_killed(self, container: Container) -> bool:
-        sandbox = self.sandboxes.find(container.sandbox_id)
-        if sandbox is None:
-            return False
-        return self.cgroups.oom_kills(container_cgroup_path(sandbox.cgroup_path, container.id)) > 0
-
-    def _finish(self, container_id: str, exit_code: int, reason: str, message: str) -> Container:
-        now = time.time_ns()
-        finished = self.store.update(
-            container_id,
-            lambda c: replace(
-                c,
-                state=ContainerState.EXITED,
-                finished_at_ns=now,
-                exit_code=exit_code,
-                reason=reason,
-                message=message,
-            ),
-        )
-        self._exited.setdefault(container_id, asyncio.Event()).set()
+    def _finish(
+        self, container: Container, code: int, reason: str = "", message: str = ""
+    ) -> Container:
+        finished = self._exits.record(container, code, time.time_ns(), reason, message)
+        self._exited.setdefault(container.id, asyncio.Event()).set()
         return finished
 
     def _publish(self, kind: EventKind, container: Container) -> None:
@@ -468,8 +453,5 @@ class ContainerManager:
     @contextlib.asynccontextmanager
     async def _locked(self, id_or_prefix: str) -> AsyncIterator[Container]:
         found = self.store.get(id_or_prefix)
-        async with self._lock(found.id):
+        async with self._locks.held(found.id):
             yield self.store.get(found.id)
-
-    def _lock(self, container_id: str) -> asyncio.Lock:
-        return self._locks.setdefault(container_id, asyncio.Lock())

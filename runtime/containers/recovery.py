@@ -7,39 +7,71 @@ down with the host (the exit dir lives on tmpfs) and is reported exited with rea
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import shutil
 import signal
-import subprocess
 import time
-from dataclasses import replace
 from pathlib import Path
 
-from runtime.containers.bundle import ContainerPaths, container_cgroup_path, remove_files
+from runtime.containers.bundle import container_cgroup_path, remove_files
+from runtime.containers.exit_recorder import UNKNOWN_EXIT_CODE, ExitRecorder
 from runtime.containers.model import Container, ContainerState
 from runtime.host.cgroups import CgroupLayout
+from runtime.host.processes import find_by_command
+from runtime.oci.exit_files import read_exit_file
+from runtime.oci.runtime_cli import OciRuntime, OciRuntimeError
 from runtime.settings import RuntimeSettings
 from runtime.state.container_store import ContainerStore
 from runtime.state.sandbox_store import SandboxStore
 
-UNKNOWN_EXIT_CODE = 255
 
-
-def reconcile_containers(
+async def reconcile_containers(
     settings: RuntimeSettings,
     cgroups: CgroupLayout,
-    store: ContainerStore,
-    sandboxes: SandboxStore,
+    stores: tuple[ContainerStore, SandboxStore],
+    runtimes: dict[str, OciRuntime],
 ) -> list[str]:
+    store, sandboxes = stores
     fixed: list[str] = []
     for container in store.all():
         try:
-            fixed += _reconcile(settings, cgroups, store, sandboxes, container)
+            if container.state is ContainerState.CREATING:
+                fixed += await _remove_half_created(settings, cgroups, stores, runtimes, container)
+            else:
+                fixed += await asyncio.to_thread(
+                    _reconcile, settings, cgroups, store, sandboxes, container
+                )
         except OSError as exc:
             fixed.append(f"could not reconcile container {container.id}: {exc}")
-    fixed += _remove_orphans(settings, {c.id for c in store.all()})
-    return fixed
+    known = {c.id for c in store.all()}
+    return fixed + await asyncio.to_thread(_remove_orphans, settings, known)
+
+
+async def _remove_half_created(
+    settings: RuntimeSettings,
+    cgroups: CgroupLayout,
+    stores: tuple[ContainerStore, SandboxStore],
+    runtimes: dict[str, OciRuntime],
+    container: Container,
+) -> list[str]:
+    store, sandboxes = stores
+    for pid in await asyncio.to_thread(conmon_pids, container.id):
+        _kill(pid)
+    runtime = runtimes.get(container.runtime_handler)
+    if runtime is not None:
+        # What the runtime made of the create is gone either way; a refusal here changes nothing.
+        with contextlib.suppress(OciRuntimeError):
+            await runtime.delete(container.id, force=True)
+    await asyncio.to_thread(remove_files, settings.layout.container(container.id))
+    sandbox = sandboxes.find(container.sandbox_id)
+    if sandbox is not None:
+        await asyncio.to_thread(
+            cgroups.remove, container_cgroup_path(sandbox.cgroup_path, container.id)
+        )
+    store.delete(container.id)
+    return [f"removed half-created container {container.id}"]
 
 
 def _reconcile(
@@ -49,95 +81,32 @@ def _reconcile(
     sandboxes: SandboxStore,
     container: Container,
 ) -> list[str]:
-    if container.state is ContainerState.CREATING:
-        for pid in conmon_pids(container.id):
-            _kill(pid)
-        handler = settings.handlers.get(container.runtime_handler)
-        if handler is not None:
-            subprocess.run(
-                [
-                    handler.path,
-                    "--root",
-                    settings.oci_state_dir(handler.name),
-                    "delete",
-                    "-f",
-                    container.id,
-                ],
-                capture_output=True,
-                check=False,
-            )
-        remove_files(ContainerPaths.of(settings, container.id))
-        sandbox = sandboxes.find(container.sandbox_id)
-        if sandbox is not None:
-            cgroups.remove(container_cgroup_path(sandbox.cgroup_path, container.id))
-        store.delete(container.id)
-        return [f"removed half-created container {container.id}"]
     if container.state not in (ContainerState.CREATED, ContainerState.RUNNING):
         return []
-    exit_file = settings.exits_dir / container.id
+    exits = ExitRecorder(store, sandboxes, cgroups)
     try:
-        code = int(exit_file.read_text().strip() or UNKNOWN_EXIT_CODE)
-        finished = exit_file.stat().st_mtime_ns
-    except (FileNotFoundError, ValueError):
-        code, finished = -1, 0
-    if code >= 0:
-        reason = "Completed" if code == 0 else "Error"
-        sandbox = sandboxes.find(container.sandbox_id)
-        if sandbox is not None and cgroups.oom_kills(
-            container_cgroup_path(sandbox.cgroup_path, container.id)
-        ):
-            code, reason = 137, "OOMKilled"
-        _exited(store, container, code, reason, "", finished)
-        return [f"container {container.id} exited while the agent was away: {code}"]
+        recorded = read_exit_file(settings.layout.exit_file(container.id))
+    except ValueError as exc:
+        exits.record(container, UNKNOWN_EXIT_CODE, time.time_ns(), "Unknown", str(exc))
+        return [f"container {container.id} exited while the agent was away: {exc}"]
+    if recorded is not None:
+        finished = exits.record(container, recorded.code, recorded.written_at_ns)
+        return [f"container {container.id} exited while the agent was away: {finished.exit_code}"]
     if conmon_pids(container.id):
         return []
-    _exited(
-        store,
+    exits.record(
         container,
         UNKNOWN_EXIT_CODE,
+        time.time_ns(),
         "Unknown",
         "the container's conmon is gone and left no exit code (host reboot?)",
-        time.time_ns(),
     )
     return [f"container {container.id} is gone without an exit code"]
 
 
-def _exited(  # noqa: PLR0917
-    store: ContainerStore,
-    container: Container,
-    code: int,
-    reason: str,
-    message: str,
-    finished_at_ns: int,
-) -> None:
-    store.update(
-        container.id,
-        lambda c: replace(
-            c,
-            state=ContainerState.EXITED,
-            exit_code=code,
-            reason=reason,
-            message=message,
-            finished_at_ns=finished_at_ns,
-        ),
-    )
-
-
 def conmon_pids(container_id: str) -> list[int]:
     """conmon processes supervising this container, found by their command line."""
-    wanted = container_id.encode()
-    found = []
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry.name}/cmdline", "rb") as f:
-                argv = f.read().split(b"\0")
-        except OSError:
-            continue
-        if argv and argv[0].endswith(b"conmon") and wanted in argv:
-            found.append(int(entry.name))
-    return found
+    return find_by_command("conmon", container_id)
 
 
 def _kill(pid: int) -> None:
@@ -147,17 +116,18 @@ def _kill(pid: int) -> None:
 
 def _remove_orphans(settings: RuntimeSettings, known: set[str]) -> list[str]:
     fixed = []
-    for parent in (settings.containers_dir, settings.containers_run_dir):
+    layout = settings.layout
+    for parent in (layout.containers_dir, layout.containers_run_dir):
         try:
             entries = list(parent.iterdir())
         except FileNotFoundError:
             continue
         for directory in entries:
             if directory.name not in known:
-                remove_files(ContainerPaths.of(settings, directory.name))
+                remove_files(layout.container(directory.name))
                 shutil.rmtree(directory, ignore_errors=True)
                 fixed.append(f"removed orphan container dir {directory}")
-    for exit_file in _files(settings.exits_dir):
+    for exit_file in _files(layout.exits_dir):
         if exit_file.name not in known:
             exit_file.unlink(missing_ok=True)
     return fixed

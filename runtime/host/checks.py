@@ -8,6 +8,7 @@ removed before `run_host_checks` returns.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -21,6 +22,8 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
+from network.cni import CniNetwork, CniSettings
+from network.errors import NetworkError
 from runtime.host import linux
 from runtime.host.cgroups import CgroupLayout, CgroupMode
 
@@ -52,8 +55,11 @@ def run_host_checks(
     seccomp_profile: Path,
     infra_binary: Path,
     work_dir: Path,
+    *,
+    cni: CniSettings | None = None,
 ) -> list[HostCheck]:
-    """Probe the host; the first key of `runtimes` is the default handler."""
+    """Probe the host; the first key of `runtimes` is the default handler. cni: the CNI
+    settings when pods are networked by CNI plugins rather than the built-in bridge."""
     scratch = Path(tempfile.mkdtemp(prefix="hostcheck-", dir=work_dir))
     try:
         mounts = _read_mountinfo()
@@ -71,6 +77,8 @@ def run_host_checks(
             _check_namespaces(),
             _check_infra(infra_binary),
         ]
+        if cni is not None:
+            checks.append(check_cni(cni))
         return checks
     finally:
         shutil.rmtree(scratch)
@@ -375,6 +383,26 @@ def _check_namespaces() -> HostCheck:
         fix = "apt-get install util-linux, and run moorage as root (needs CAP_SYS_ADMIN)"
         return HostCheck("namespaces", False, True, f"unshare --net --ipc --uts: {out}", fix)
     return HostCheck("namespaces", True, True, f"{' '.join(_NAMESPACES)}; unshare works")
+
+
+def check_cni(settings: CniSettings) -> HostCheck:
+    """The configuration the agent would load, its plugins, and their own word on whether
+    they are ready (CNI STATUS, for configurations of version 1.1.0 or later)."""
+    network = CniNetwork(settings)
+    with suppress(NetworkError):
+        # A failure is kept for readiness(), which reports it below with the other causes.
+        asyncio.run(network.status())
+    readiness = network.readiness()
+    config = network.current_config()
+    if not readiness.ready or config is None:
+        fix = (
+            f"put a valid .conflist in {settings.conf_dir}, its plugins in "
+            f"{' or '.join(str(d) for d in settings.bin_dirs)}, and start the daemons they need"
+        )
+        return HostCheck("cni network", False, True, readiness.message, fix)
+    plugins = " ".join(p["type"] for p in config.plugins)
+    detail = f"{config.name!r} (CNI {config.cni_version}) from {config.source}: {plugins}"
+    return HostCheck("cni network", True, True, detail)
 
 
 def _check_infra(infra_binary: Path) -> HostCheck:

@@ -29,8 +29,8 @@ _ID_PREFIX = re.compile(r"^(sha256:)?([0-9a-f]{3,63})$")
 class ImageManager:
     def __init__(self, settings: RuntimeSettings, db: StateDB) -> None:
         self.settings = settings.images
-        self.content = ContentStore(settings.content_dir)
-        self.layers = LayerStore(settings.layers_dir)
+        self.content = ContentStore(settings.layout.content_dir)
+        self.layers = LayerStore(settings.layout.layers_dir)
         self.store = ImageStore(db)
         self.client = RegistryClient(
             certs_dir=self.settings.certs_dir, retries=self.settings.pull_retries

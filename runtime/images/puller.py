@@ -52,6 +52,7 @@ from runtime.images.registry import (
     Unreachable,
 )
 from runtime.images.unpack import LayerError, unpack_layer, unpack_stream
+from runtime.in_flight import InFlight, KeyedLocks
 from runtime.settings import ImageSettings
 
 log = structlog.get_logger("moorage.images")
@@ -80,26 +81,6 @@ class Lease:
     chains: set[str] = field(default_factory=set)
 
 
-class KeyedLocks:
-    """One asyncio.Lock per key, dropped when nobody holds or waits for it."""
-
-    def __init__(self) -> None:
-        self._locks: dict[str, asyncio.Lock] = {}
-        self._users: dict[str, int] = {}
-
-    @contextlib.asynccontextmanager
-    async def held(self, key: str) -> Any:
-        lock = self._locks.setdefault(key, asyncio.Lock())
-        self._users[key] = self._users.get(key, 0) + 1
-        try:
-            async with lock:
-                yield
-        finally:
-            self._users[key] -= 1
-            if not self._users[key]:
-                del self._users[key], self._locks[key]
-
-
 class ImagePuller:
     def __init__(
         self,
@@ -117,7 +98,7 @@ class ImagePuller:
         self.blob_locks = KeyedLocks()
         self.chain_locks = KeyedLocks()
         self.leases: list[Lease] = []
-        self._in_flight: dict[str, asyncio.Task[Image]] = {}
+        self._pulls = InFlight()
         self._downloads = asyncio.Semaphore(settings.max_concurrent_downloads)
         # Streamed unpacks block while their download catches up, so they get threads of their
         # own: waiting in the shared pool could starve the very downloads they wait for. Those
@@ -144,13 +125,7 @@ class ImagePuller:
             reference = parse_reference(text)
         except InvalidReference as exc:
             raise InvalidArgument(f"image {text!r}: {exc}") from None
-        key = str(reference)
-        task = self._in_flight.get(key)
-        if task is None:
-            task = asyncio.ensure_future(self._pull(text, reference, creds))
-            self._in_flight[key] = task
-            task.add_done_callback(lambda _: self._in_flight.pop(key, None))
-        return await asyncio.shield(task)
+        return await self._pulls.join(str(reference), lambda: self._pull(text, reference, creds))
 
     async def _pull(self, text: str, reference: Reference, creds: Credentials) -> Image:
         bound = log.bind(image=str(reference))

@@ -106,10 +106,6 @@ async def create_container(
     return ConmonProcess(conmon_pid=_read_pid(bundle / "conmon.pid"), pid=pid)
 
 
-async def start_container(runtime: OciRuntime, container_id: str) -> None:
-    await runtime.start(container_id)
-
-
 async def exec_sync(
     conmon: Path,
     runtime: OciRuntime,
@@ -191,11 +187,10 @@ def _exec_scratch(bundle: Path, process_spec: dict[str, Any]) -> Path:
     return scratch
 
 
-def reopen_log(bundle: Path, log_path: Path | None = None, timeout_s: float = 5.0) -> None:
-    """Ask conmon to reopen the container's log file (after the kubelet rotated it), and
-    return once log_path exists again: the kubelet stats the new file right after the call.
-    Blocking: run it in a thread."""
-    ctl = bundle / "ctl"
+def reopen_log(ctl: Path, log_path: Path | None = None, timeout_s: float = 5.0) -> None:
+    """Ask conmon, through its ctl FIFO, to reopen the container's log file (after the kubelet
+    rotated it), and return once log_path exists again: the kubelet stats the new file right
+    after the call. Blocking: run it in a thread."""
     try:
         fd = os.open(ctl, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as exc:
@@ -215,15 +210,6 @@ def reopen_log(bundle: Path, log_path: Path | None = None, timeout_s: float = 5.
             raise ConmonError(f"conmon did not reopen {log_path} within {timeout_s} s")
         time.sleep(delay_s)
         delay_s = min(delay_s * 2, 0.02)
-
-
-def read_exit_code(exit_dir: Path, container_id: str) -> int | None:
-    """The code conmon recorded, or None while the container has not exited."""
-    try:
-        text = (exit_dir / container_id).read_text().strip()
-    except FileNotFoundError:
-        return None
-    return int(text) if text else None
 
 
 # -- plumbing --------------------------------------------------------------------------------

@@ -55,13 +55,11 @@ def default_mounts(privileged: bool) -> list[dict[str, Any]]:
     ]
 
 
-def pod_mounts(sandbox: Sandbox, hostname_file: str) -> list[dict[str, Any]]:
+def pod_mounts(sandbox: Sandbox) -> list[dict[str, Any]]:
     """What the pod shares with each of its containers."""
     mounts = []
     if sandbox.resolv_conf_path:
         mounts.append(_bind("/etc/resolv.conf", sandbox.resolv_conf_path, readonly=True))
-    if hostname_file:
-        mounts.append(_bind("/etc/hostname", hostname_file, readonly=True))
     if sandbox.shm_path:
         mounts.append(_bind("/dev/shm", sandbox.shm_path, readonly=False))
     else:
@@ -87,14 +85,12 @@ def user_mounts(config: ContainerConfig) -> list[dict[str, Any]]:
     ]
 
 
-def all_mounts(
-    config: ContainerConfig, sandbox: Sandbox, hostname_file: str = ""
-) -> list[dict[str, Any]]:
+def all_mounts(config: ContainerConfig, sandbox: Sandbox) -> list[dict[str, Any]]:
     """The defaults and the pod's mounts, except where the request mounts something itself."""
     requested = user_mounts(config)
     taken = {os.path.normpath(m["destination"]) for m in requested}
     privileged = config.security.privileged
-    builtin = [*default_mounts(privileged), *pod_mounts(sandbox, hostname_file)]
+    builtin = [*default_mounts(privileged), *pod_mounts(sandbox)]
     return [m for m in builtin if m["destination"] not in taken] + requested
 
 

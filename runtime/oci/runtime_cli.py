@@ -45,17 +45,17 @@ class OciRuntime:
         name: str,
         binary: Path,
         state_root: Path,
+        wrapper_dir: Path,
         hide_mount: Path | None = None,
-        wrapper_dir: Path | None = None,
     ) -> None:
         """hide_mount: unmounted in a private mount namespace around `create` (crun 1.8 on a
         hybrid cgroup host, see FIELD-NOTES). wrapper_dir: where the script doing that for
-        conmon is written; defaults to a sibling of state_root."""
+        conmon is written."""
         self.name = name
         self.binary = binary
         self.state_root = state_root
         self.hide_mount = hide_mount
-        self.wrapper_dir = wrapper_dir or state_root.parent / "wrappers"
+        self.wrapper_dir = wrapper_dir
 
     # -- commands ------------------------------------------------------------------------
 

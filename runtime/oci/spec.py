@@ -59,8 +59,6 @@ class SpecInputs:
     # The running target container's pid, for a TARGET pid namespace.
     target_pid: int | None = None
     cgroup_v2: bool = False
-    # A file holding the pod's hostname, bind-mounted read-only at /etc/hostname.
-    hostname_file: str = ""
     # RLIMIT_NOFILE of the process; None: containerd's value, or less if the agent cannot.
     nofile_limit: int | None = None
 
@@ -93,7 +91,7 @@ def build_spec(inputs: SpecInputs) -> dict[str, Any]:
         "ociVersion": OCI_VERSION,
         "process": _process(inputs, capabilities),
         "root": {"path": inputs.rootfs, "readonly": security.readonly_rootfs},
-        "mounts": all_mounts(config, inputs.sandbox, inputs.hostname_file),
+        "mounts": all_mounts(config, inputs.sandbox),
         "annotations": {
             **config.annotations,
             "io.kubernetes.cri.container-type": "container",

@@ -22,7 +22,7 @@ from network.errors import NetworkError
 from network.types import HostPort, PodNetwork, PodNetworkRequest
 from runtime.errors import FailedPrecondition, InvalidArgument, NotFound
 from runtime.host.cgroups import CgroupLayout, pod_cgroup_path
-from runtime.in_flight import InFlight
+from runtime.in_flight import InFlight, KeyedLocks
 from runtime.pods.model import (
     NamespaceMode,
     Sandbox,
@@ -30,7 +30,7 @@ from runtime.pods.model import (
     SandboxFilter,
     SandboxState,
 )
-from runtime.pods.setup import build_sandbox, remove_sandbox, sandbox_paths, stop_sandbox
+from runtime.pods.setup import build_sandbox, remove_sandbox, stop_sandbox
 from runtime.pods.sysctls import validate_sysctls
 from runtime.pods.userns import supported as userns_supported
 from runtime.settings import RuntimeSettings
@@ -54,7 +54,7 @@ class SandboxManager:
         self.network = network
         self.store = store
         self.cgroups = cgroups
-        self._locks: dict[str, asyncio.Lock] = {}
+        self._locks = KeyedLocks()
         self._infra_children: dict[str, subprocess.Popen[bytes]] = {}
         self._in_flight = InFlight()
 
@@ -121,7 +121,7 @@ class SandboxManager:
                     f"namespace cannot share the node's {', '.join(shared)} namespace"
                 )
         sandbox_id = secrets.token_hex(32)
-        sandbox_dir, _, shm = sandbox_paths(self.settings, sandbox_id)
+        paths = self.settings.layout.sandbox(sandbox_id)
         parent = config.cgroup_parent or self.settings.default_cgroup_parent
         return Sandbox(
             id=sandbox_id,
@@ -130,8 +130,8 @@ class SandboxManager:
             created_at_ns=time.time_ns(),
             runtime_handler=handler,
             cgroup_path=pod_cgroup_path(self.settings.cgroup_driver, parent, sandbox_id),
-            shm_path="" if ns.ipc is NamespaceMode.NODE else str(shm),
-            resolv_conf_path=str(sandbox_dir / "resolv.conf"),
+            shm_path="" if ns.ipc is NamespaceMode.NODE else str(paths.shm),
+            resolv_conf_path=str(paths.resolv_conf),
         )
 
     async def _run(self, config: SandboxConfig) -> Sandbox:
@@ -223,7 +223,6 @@ class SandboxManager:
             self._infra_children.pop(sandbox.id, None)
             self.store.delete(sandbox.id)
             log.info("sandbox removed", sandbox_id=sandbox.id)
-        self._locks.pop(sandbox.id, None)
 
     @contextlib.asynccontextmanager
     async def _locked(self, id_or_prefix: str) -> AsyncIterator[Sandbox | None]:
@@ -232,8 +231,5 @@ class SandboxManager:
         if found is None:
             yield None
             return
-        async with self._lock(found.id):
+        async with self._locks.held(found.id):
             yield self.store.find(found.id)
-
-    def _lock(self, sandbox_id: str) -> asyncio.Lock:
-        return self._locks.setdefault(sandbox_id, asyncio.Lock())

@@ -15,7 +15,7 @@ from runtime.host.cgroups import CgroupLayout
 from runtime.host.namespaces import unpin
 from runtime.host.processes import find_by_environment, is_running, kill_and_wait
 from runtime.pods.model import Sandbox, SandboxState
-from runtime.pods.setup import INFRA_MARKER, remove_sandbox, sandbox_paths, stop_sandbox
+from runtime.pods.setup import INFRA_MARKER, remove_sandbox, stop_sandbox
 from runtime.pods.shm import unmount_if_mounted
 from runtime.settings import RuntimeSettings
 from runtime.state.sandbox_store import SandboxStore
@@ -71,15 +71,16 @@ def _broken_part(sandbox: Sandbox) -> str:
 def _remove_orphans(settings: RuntimeSettings, known_ids: set[str]) -> list[str]:
     """Pins and sandbox dirs with no row: left by a crash between the mount and the commit."""
     fixed: list[str] = []
+    layout = settings.layout
     for kind in PIN_KINDS:
-        for pin in _entries(settings.pin_dir(kind)):
+        for pin in _entries(layout.pin_dir(kind)):
             if pin.name not in known_ids:
                 unpin(pin)
                 fixed.append(f"released orphan {kind} pin {pin}")
-    for parent in (settings.sandboxes_dir, settings.sandboxes_run_dir):
+    for parent in (layout.sandboxes_dir, layout.sandboxes_run_dir):
         for directory in _entries(parent):
             if directory.name not in known_ids:
-                unmount_if_mounted(sandbox_paths(settings, directory.name)[2])
+                unmount_if_mounted(layout.sandbox(directory.name).shm)
                 shutil.rmtree(directory, ignore_errors=True)
                 fixed.append(f"removed orphan sandbox dir {directory}")
     return fixed

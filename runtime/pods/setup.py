@@ -47,12 +47,6 @@ def pod_namespace_kinds(ns: NamespaceOptions) -> list[str]:
     return kinds
 
 
-def sandbox_paths(settings: RuntimeSettings, sandbox_id: str) -> tuple[Path, Path, Path]:
-    """(persistent dir, volatile dir, /dev/shm mount point) of a sandbox."""
-    run_dir = settings.sandbox_run_dir(sandbox_id)
-    return settings.sandbox_dir(sandbox_id), run_dir, run_dir / "shm"
-
-
 def build_sandbox(
     settings: RuntimeSettings,
     cgroups: CgroupLayout,
@@ -60,9 +54,9 @@ def build_sandbox(
     sysctl_paths: dict[str, str],
 ) -> BuiltSandbox:
     config = sandbox.config
-    sandbox_dir, run_dir, shm = sandbox_paths(settings, sandbox.id)
+    paths = settings.layout.sandbox(sandbox.id)
     with ExitStack() as undo:
-        for directory in (sandbox_dir, run_dir):
+        for directory in (paths.dir, paths.run_dir):
             directory.mkdir(parents=True, mode=0o711)
             undo.callback(shutil.rmtree, directory, ignore_errors=True)
         Path(sandbox.resolv_conf_path).write_text(render_resolv_conf(config.dns))
@@ -73,8 +67,8 @@ def build_sandbox(
         undo.callback(cgroups.remove, sandbox.cgroup_path)
 
         if sandbox.shm_path:
-            mount_shm(shm, settings.shm_size_bytes)
-            undo.callback(unmount_if_mounted, shm)
+            mount_shm(paths.shm, settings.shm_size_bytes)
+            undo.callback(unmount_if_mounted, paths.shm)
 
         kinds = pod_namespace_kinds(config.namespaces)
         pins: dict[str, str] = {}
@@ -85,7 +79,7 @@ def build_sandbox(
             with unshared(kinds):
                 _configure_namespaces(sandbox, kinds, sysctl_paths)
                 for kind in kinds:
-                    pin = settings.pin_path(kind, sandbox.id)
+                    pin = settings.layout.pin_path(kind, sandbox.id)
                     pin_current(kind, pin)
                     undo.callback(unpin, pin)
                     pins[kind] = str(pin)
@@ -93,7 +87,9 @@ def build_sandbox(
                     child, infra = _start_infra(settings.infra_command, sandbox.id)
                     undo.callback(_stop_infra, infra, child)
         else:
-            pin_paths = {kind: settings.pin_path(kind, sandbox.id) for kind in ["user", *kinds]}
+            pin_paths = {
+                kind: settings.layout.pin_path(kind, sandbox.id) for kind in ["user", *kinds]
+            }
             request = None
             if config.namespaces.pid is NamespaceMode.POD:
                 request = InfraRequest(settings.infra_command, {INFRA_MARKER: sandbox.id})
@@ -168,8 +164,7 @@ def stop_sandbox(
     """End the infra process and release /dev/shm and the namespace pins."""
     if sandbox.infra is not None:
         _stop_infra(sandbox.infra, infra_child)
-    _, _, shm = sandbox_paths(settings, sandbox.id)
-    unmount_if_mounted(shm)
+    unmount_if_mounted(settings.layout.sandbox(sandbox.id).shm)
     for pin in sandbox.pins.values():
         unpin(Path(pin))
 
@@ -183,6 +178,6 @@ def remove_sandbox(
     stop_sandbox(settings, sandbox, infra_child)
     cgroups.kill_all(sandbox.cgroup_path)
     cgroups.remove(sandbox.cgroup_path)
-    sandbox_dir, run_dir, _ = sandbox_paths(settings, sandbox.id)
-    shutil.rmtree(sandbox_dir, ignore_errors=True)
-    shutil.rmtree(run_dir, ignore_errors=True)
+    paths = settings.layout.sandbox(sandbox.id)
+    shutil.rmtree(paths.dir, ignore_errors=True)
+    shutil.rmtree(paths.run_dir, ignore_errors=True)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 
-from runtime.containers.bundle import ContainerPaths, exec_process_spec
+from runtime.containers.bundle import exec_process_spec
 from runtime.containers.manager import ContainerManager
 from runtime.containers.model import Container, ContainerState
 from runtime.errors import FailedPrecondition
@@ -42,18 +42,17 @@ class StreamingSessions:
 
     async def exec(self, container_id: str, command: list[str], client: StdioClient) -> int:
         container = self._running(container_id)
-        paths = ContainerPaths.of(self.settings, container.id)
+        paths = self.settings.layout.container(container.id)
         process = await asyncio.to_thread(exec_process_spec, paths, command, tty=client.tty)
         runtime = self.containers.runtimes[container.runtime_handler]
         return await exec_streaming(runtime, container.id, paths.bundle, process, client)
 
     async def attach(self, container_id: str, client: StdioClient) -> None:
         container = self._running(container_id)
-        paths = ContainerPaths.of(self.settings, container.id)
-        # conmon links <attach dir>/<id> to the bundle: a path short enough for sun_path.
+        layout = self.settings.layout
         await attach(
-            self.settings.attach_dir / container.id / "attach",
-            paths.bundle / "ctl",
+            layout.attach_socket(container.id),
+            layout.container(container.id).ctl,
             client,
             stdin_allowed=container.config.stdin,
         )

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from runtime.containers.exit_watcher import ExitWatcher
-from runtime.oci.conmon import ConmonError, read_exit_code
+from runtime.oci.conmon import ConmonError
+from runtime.oci.exit_files import exit_recorded
 from runtime.streaming.attach import attach
 from tests.integration import test_conmon
 from tests.integration.test_conmon import BUSYBOX, CONMON, Host
@@ -46,7 +47,7 @@ async def test_attach_receives_output_and_detaching_leaves_the_container_running
     assert own_fds() <= fds_before
     state = await host.runtime.state(container_id)
     assert state is not None and state["status"] == "running"
-    assert read_exit_code(host.exits, container_id) is None
+    assert not exit_recorded(host.exits / container_id)
 
     again = FakeClient(stderr=False)
     attached = asyncio.create_task(

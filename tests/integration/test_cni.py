@@ -208,7 +208,6 @@ async def test_an_attached_pod_gets_an_address_in_the_subnet_and_reaches_its_gat
     assert wait_until(lambda: pod_can_ping(Path(pod.netns_path), net.gateway), timeout_s=10), (
         "the pod to ping its gateway"
     )
-    await network.check(pod)
 
 
 async def test_two_pods_reach_each_other(net: CniTestNet) -> None:
@@ -379,16 +378,3 @@ async def test_reconcile_releases_the_attachment_of_a_sandbox_that_is_gone(net: 
     assert net.cache_file(live).exists()
     assert net.ipam_file(live_ip).exists()
     assert link_exists(live_veth)
-
-
-async def test_check_fails_once_the_pod_interface_is_gone(net: CniTestNet) -> None:
-    net.write_conflist()
-    network = CniNetwork(net.settings())
-    pod = net.pod()
-    await network.attach(pod)
-    await network.check(pod)
-
-    run("nsenter", f"--net={pod.netns_path}", "ip", "link", "del", "eth0")
-
-    with pytest.raises(CniPluginError, match=r"bridge.*CHECK"):
-        await network.check(pod)

@@ -26,10 +26,9 @@ from runtime.oci.conmon import (
     ContainerCreateError,
     create_container,
     exec_sync,
-    read_exit_code,
     reopen_log,
-    start_container,
 )
+from runtime.oci.exit_files import exit_recorded, read_exit_file
 from runtime.oci.runtime_cli import OciRuntime, OciRuntimeError
 from tests.e2e.kernel import remove_cgroup_dir
 from tests.waiting import wait_until_async
@@ -147,7 +146,9 @@ def host(request: pytest.FixtureRequest) -> Iterator[Host]:
     hide = UNIFIED if name == "crun" and os.path.ismount(UNIFIED) else None
     base = Path(f"/tmp/mct-{uuid.uuid4().hex[:8]}")
     base.mkdir()
-    runtime = OciRuntime(name, Path(binary), base / "oci" / name, hide_mount=hide)
+    runtime = OciRuntime(
+        name, Path(binary), base / "oci" / name, base / "oci" / "wrappers", hide_mount=hide
+    )
     found = Host(runtime, base, f"/moorage-test-{uuid.uuid4().hex[:8]}")
     try:
         yield found
@@ -205,7 +206,7 @@ def _remove_cgroups(parent: str) -> None:
 
 
 def _exit_recorded(exits: Path, container_id: str) -> Callable[[], bool]:
-    return lambda: read_exit_code(exits, container_id) is not None
+    return lambda: exit_recorded(exits / container_id)
 
 
 def _log_records(log_path: Path) -> list[tuple[str, str, str]]:
@@ -229,15 +230,15 @@ async def test_output_is_logged_and_the_exit_code_reported_at_once(host: Host) -
             ["/bin/sh", "-c", "echo out; echo err >&2; exit 3"]
         )
         assert process.pid > 0 and process.conmon_pid > 0
-        await start_container(host.runtime, container_id)
+        await host.runtime.start(container_id)
         assert await wait_until_async(lambda: container_id in reported)
     finally:
         watcher.close()
     code, seen_at = reported[container_id]
     assert code == 3
-    assert read_exit_code(host.exits, container_id) == 3
-    written_at = (host.exits / container_id).stat().st_mtime
-    assert seen_at - written_at < 0.1
+    recorded = read_exit_file(host.exits / container_id)
+    assert recorded is not None and recorded.code == 3
+    assert seen_at - recorded.written_at_ns / 1e9 < 0.1
     assert _log_records(bundle / "ctr.log") == [("stdout", "F", "out"), ("stderr", "F", "err")]
 
 
@@ -250,19 +251,19 @@ async def test_exit_files_already_present_are_reported_on_start(host: Host) -> N
     watcher.start()
     watcher.close()
     assert reported == [("earlier", 137)]
-    assert read_exit_code(host.exits, "never-ran") is None
+    assert read_exit_file(host.exits / "never-ran") is None
 
 
 async def test_output_without_a_trailing_newline_is_a_partial_record(host: Host) -> None:
     container_id, bundle, _ = await host.create(["/bin/sh", "-c", "printf 'no newline'"])
-    await start_container(host.runtime, container_id)
+    await host.runtime.start(container_id)
     assert await wait_until_async(_exit_recorded(host.exits, container_id))
     assert _log_records(bundle / "ctr.log") == [("stdout", "P", "no newline")]
 
 
 async def test_exec_sync_returns_output_and_exit_code(host: Host) -> None:
     container_id, bundle, _ = await host.create(["/bin/sleep", "60"])
-    await start_container(host.runtime, container_id)
+    await host.runtime.start(container_id)
     spec = process(["/bin/sh", "-c", "echo hi; echo oops >&2; printf 0123456789abc; exit 7"])
     result = await exec_sync(
         CONMON, host.runtime, container_id=container_id, bundle=bundle, process_spec=spec,
@@ -272,12 +273,12 @@ async def test_exec_sync_returns_output_and_exit_code(host: Host) -> None:
     assert (result.stdout, result.stderr) == (b"hi\n01234", b"oops\n")
     assert not [p for p in bundle.iterdir() if p.name.startswith("exec-")]
     # The container's own conmon still owns the ctl FIFO: exec must not have replaced it.
-    reopen_log(bundle)
+    reopen_log(bundle / "ctl")
 
 
 async def test_exec_sync_past_its_deadline_kills_the_process(host: Host) -> None:
     container_id, bundle, _ = await host.create(["/bin/sleep", "60"])
-    await start_container(host.runtime, container_id)
+    await host.runtime.start(container_id)
     marker = uuid.uuid4().hex
     spec = process(["/bin/sleep", "60"], env=[f"MOORAGE_EXEC_MARKER={marker}"])
     started = time.monotonic()
@@ -295,39 +296,41 @@ async def test_exec_sync_past_its_deadline_kills_the_process(host: Host) -> None
 async def test_reopen_log_after_rotation_writes_a_new_file(host: Host) -> None:
     script = "while true; do echo tick; sleep 0.05; done"
     container_id, bundle, _ = await host.create(["/bin/sh", "-c", script])
-    await start_container(host.runtime, container_id)
+    await host.runtime.start(container_id)
     log_path = bundle / "ctr.log"
     assert await wait_until_async(lambda: log_path.exists() and log_path.stat().st_size > 0)
     log_path.rename(bundle / "ctr.log.1")
-    reopen_log(bundle)
+    reopen_log(bundle / "ctl")
     assert await wait_until_async(lambda: log_path.exists() and "tick" in log_path.read_text())
     assert ("stdout", "F", "tick") in _log_records(log_path)
 
 
 def test_reopen_log_without_conmon_fails_clearly(tmp_path: Path) -> None:
     with pytest.raises(ConmonError, match="ctl"):
-        reopen_log(tmp_path)
+        reopen_log(tmp_path / "ctl")
     os.mkfifo(tmp_path / "ctl")
     with pytest.raises(ConmonError, match="conmon is not running"):
-        reopen_log(tmp_path)
+        reopen_log(tmp_path / "ctl")
 
 
 _AGENT = """
 import asyncio, json, sys
 from pathlib import Path
-from runtime.oci.conmon import create_container, start_container
+from runtime.oci.conmon import create_container
 from runtime.oci.runtime_cli import OciRuntime, OciRuntimeError
 
 a = json.loads(sys.argv[1])
 async def main():
     hide = Path(a["hide"]) if a["hide"] else None
-    runtime = OciRuntime(a["name"], Path(a["binary"]), Path(a["root"]), hide_mount=hide)
+    runtime = OciRuntime(
+        a["name"], Path(a["binary"]), Path(a["root"]), Path(a["wrappers"]), hide_mount=hide
+    )
     p = await create_container(
         Path(a["conmon"]), runtime, container_id=a["id"], bundle=Path(a["bundle"]),
         log_path=None, exit_dir=Path(a["exits"]), socket_dir=Path(a["attach"]),
         tty=False, stdin=False, stdin_once=False,
     )
-    await start_container(runtime, a["id"])
+    await runtime.start(a["id"])
     print(p.conmon_pid, p.pid, flush=True)
     await asyncio.sleep(60)
 asyncio.run(main())
@@ -344,6 +347,7 @@ def _create_from_an_agent_then_kill_it(
         "name": runtime.name,
         "binary": str(runtime.binary),
         "root": str(runtime.state_root),
+        "wrappers": str(runtime.wrapper_dir),
         "hide": str(runtime.hide_mount or ""),
         "conmon": str(CONMON),
         "id": container_id,
@@ -392,7 +396,7 @@ async def test_create_failure_raises_the_runtime_message_and_leaves_nothing(host
 
 async def test_update_below_usage_is_refused_with_the_runtime_message(host: Host) -> None:
     container_id, _, _ = await host.create(["/bin/sleep", "60"])
-    await start_container(host.runtime, container_id)
+    await host.runtime.start(container_id)
     await host.runtime.update(container_id, {"cpu": {"shares": 512}})
     with pytest.raises(OciRuntimeError) as refused:
         await host.runtime.update(container_id, {"memory": {"limit": 4096, "swap": 4096}})

@@ -14,7 +14,7 @@ import pytest
 
 from runtime.errors import ContainerRuntimeFailed
 from runtime.host.processes import find_by_environment, is_running
-from runtime.oci.conmon import create_container, start_container
+from runtime.oci.conmon import create_container
 from runtime.streaming.exec import exec_streaming
 from runtime.streaming.streams import TerminalSize
 from tests.integration import test_conmon
@@ -163,7 +163,7 @@ async def run_container(
         stdin=stdin,
         stdin_once=stdin_once,
     )
-    await start_container(host.runtime, container_id)
+    await host.runtime.start(container_id)
     return container_id, bundle
 
 

@@ -23,7 +23,7 @@ def ns_inode(kind: str, where: str = "self") -> str:
 def test_pinned_namespace_outlives_the_thread_and_the_thread_returns(
     settings: RuntimeSettings,
 ) -> None:
-    pins = {k: settings.pin_path(k, "pod") for k in ("net", "ipc", "uts")}
+    pins = {k: settings.layout.pin_path(k, "pod") for k in ("net", "ipc", "uts")}
     host = {k: ns_inode(k) for k in pins}
 
     def build() -> dict[str, str]:
@@ -56,7 +56,7 @@ def test_pinned_namespace_outlives_the_thread_and_the_thread_returns(
 
 
 def test_loopback_comes_up_inside_the_pod_netns_only(settings: RuntimeSettings) -> None:
-    pin = settings.pin_path("net", "lo")
+    pin = settings.layout.pin_path("net", "lo")
 
     def build() -> None:
         with unshared(["net"]):
@@ -77,7 +77,7 @@ def test_loopback_comes_up_inside_the_pod_netns_only(settings: RuntimeSettings) 
 
 
 def test_entering_a_pin_switches_only_the_calling_thread(settings: RuntimeSettings) -> None:
-    pin = settings.pin_path("net", "enter")
+    pin = settings.layout.pin_path("net", "enter")
     in_new_thread(lambda: _pin_fresh_net(pin))
     try:
 
@@ -99,9 +99,9 @@ def _pin_fresh_net(pin: Path) -> None:
 
 
 def test_unpinning_twice_and_unpinning_a_missing_pin_succeed(settings: RuntimeSettings) -> None:
-    pin = settings.pin_path("net", "twice")
+    pin = settings.layout.pin_path("net", "twice")
     in_new_thread(lambda: _pin_fresh_net(pin))
     unpin(pin)
     unpin(pin)
-    unpin(settings.pin_path("net", "never-made"))
+    unpin(settings.layout.pin_path("net", "never-made"))
     assert not is_pinned(pin)

@@ -64,7 +64,7 @@ class FakePortStream:
 @pytest.fixture
 def pod_netns(settings: RuntimeSettings) -> Iterator[str]:
     """A fresh pinned network namespace with its loopback up, as a pod has."""
-    pin = settings.pin_path("net", "pod")
+    pin = settings.layout.pin_path("net", "pod")
 
     def build() -> None:
         with unshared(["net"]):

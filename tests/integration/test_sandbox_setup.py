@@ -24,7 +24,7 @@ from runtime.pods.model import (
     SandboxState,
 )
 from runtime.pods.recovery import reconcile_sandboxes
-from runtime.pods.setup import build_sandbox, remove_sandbox, sandbox_paths
+from runtime.pods.setup import build_sandbox, remove_sandbox
 from runtime.pods.sysctls import validate_sysctls
 from runtime.settings import RuntimeSettings
 from runtime.state.db import StateDB
@@ -34,7 +34,7 @@ from tests.netutil import in_new_thread
 
 def new_sandbox(settings: RuntimeSettings, pid: NamespaceMode, **config: object) -> Sandbox:
     sandbox_id = secrets.token_hex(32)
-    sandbox_dir, _, shm = sandbox_paths(settings, sandbox_id)
+    paths = settings.layout.sandbox(sandbox_id)
     cfg = SandboxConfig(
         metadata=PodMetadata("p", secrets.token_hex(4), "it"),
         hostname="it-pod",
@@ -48,14 +48,14 @@ def new_sandbox(settings: RuntimeSettings, pid: NamespaceMode, **config: object)
         created_at_ns=time.time_ns(),
         runtime_handler="crun",
         cgroup_path=pod_cgroup_path("cgroupfs", settings.default_cgroup_parent, sandbox_id),
-        shm_path=str(shm),
-        resolv_conf_path=str(sandbox_dir / "resolv.conf"),
+        shm_path=str(paths.shm),
+        resolv_conf_path=str(paths.resolv_conf),
     )
 
 
 def leftovers(settings: RuntimeSettings, sandbox: Sandbox, layout: CgroupLayout) -> list[str]:
     found = [str(p) for p in settings.run_dir.rglob("*") if p.is_file() or is_pinned(p)]
-    found += [str(p) for p in settings.sandboxes_dir.glob("*")]
+    found += [str(p) for p in settings.layout.sandboxes_dir.glob("*")]
     found += [str(d) for d in layout.dirs(sandbox.cgroup_path) if d.exists()]
     with open("/proc/self/mounts") as mounts:
         found += [line for line in mounts if str(settings.run_dir) in line]
@@ -109,12 +109,12 @@ def test_recovery_removes_a_half_built_sandbox_and_an_orphan_pin(
 ) -> None:
     layout = CgroupLayout.detect()
     settings.root_dir.mkdir(parents=True)
-    store = SandboxStore(StateDB(settings.state_db))
+    store = SandboxStore(StateDB(settings.layout.state_db))
     sandbox = new_sandbox(settings, NamespaceMode.POD)
     built = in_new_thread(lambda: build_sandbox(settings, layout, sandbox, {}))
     # The agent died after building but before marking the row READY.
     store.reserve(replace(sandbox, pins=built.pins, infra=built.infra))
-    orphan = settings.pin_path("net", "f" * 64)
+    orphan = settings.layout.pin_path("net", "f" * 64)
 
     def pin_orphan() -> None:
         with unshared(["net"]):
@@ -137,7 +137,7 @@ def test_recovery_removes_a_half_built_sandbox_and_an_orphan_pin(
 def test_recovery_marks_a_pod_whose_infra_died_not_ready(settings: RuntimeSettings) -> None:
     layout = CgroupLayout.detect()
     settings.root_dir.mkdir(parents=True)
-    store = SandboxStore(StateDB(settings.state_db))
+    store = SandboxStore(StateDB(settings.layout.state_db))
     sandbox = new_sandbox(settings, NamespaceMode.POD)
     built = in_new_thread(lambda: build_sandbox(settings, layout, sandbox, {}))
     ready = replace(sandbox, pins=built.pins, infra=built.infra, state=SandboxState.READY)
@@ -163,7 +163,7 @@ def test_recovery_marks_a_pod_whose_infra_died_not_ready(settings: RuntimeSettin
 def test_recovery_keeps_a_healthy_pod_as_it_is(settings: RuntimeSettings) -> None:
     layout = CgroupLayout.detect()
     settings.root_dir.mkdir(parents=True)
-    store = SandboxStore(StateDB(settings.state_db))
+    store = SandboxStore(StateDB(settings.layout.state_db))
     sandbox = new_sandbox(settings, NamespaceMode.CONTAINER)
     built = in_new_thread(lambda: build_sandbox(settings, layout, sandbox, {}))
     ready = replace(sandbox, pins=built.pins, state=SandboxState.READY)

@@ -597,55 +597,6 @@ async def test_a_netns_path_that_no_longer_exists_is_passed_as_empty(
     assert [c["env"]["CNI_NETNS"] for c in bench.calls()] == ["", ""]
 
 
-async def test_check_passes_the_cached_result_to_every_plugin_in_order(bench: PluginBench) -> None:
-    standard_chain(bench)
-    network = CniNetwork(bench.settings)
-    await network.attach(pod("sb1"))
-    bench.clear_calls()
-
-    await network.check(pod("sb1"))
-
-    calls = bench.calls()
-    assert [(c["plugin"], c["env"]["CNI_COMMAND"]) for c in calls] == [
-        ("fake-bridge", "CHECK"),
-        ("fake-portmap", "CHECK"),
-    ]
-    assert all(c["stdin"]["prevResult"] == RESULT_1_0_0 for c in calls)
-
-
-async def test_check_is_skipped_before_0_4_0_and_with_disable_check(bench: PluginBench) -> None:
-    standard_chain(bench, version="0.3.1")
-    network = CniNetwork(bench.settings)
-    await network.attach(pod("old"))
-    standard_chain(bench, disableCheck=True)
-    await network.attach(pod("off"))
-    bench.clear_calls()
-
-    await network.check(pod("old"))
-    await network.check(pod("off"))
-
-    assert bench.calls() == []
-
-
-async def test_check_of_a_pod_never_attached_fails(bench: PluginBench) -> None:
-    standard_chain(bench)
-
-    with pytest.raises(NetworkError, match="no cached CNI attachment"):
-        await CniNetwork(bench.settings).check(pod("unknown"))
-
-
-async def test_check_failure_names_the_plugin(bench: PluginBench) -> None:
-    bench.plugin(
-        "fake-bridge", result=RESULT_1_0_0, fail={"CHECK": {"code": 4, "msg": "veth gone"}}
-    )
-    bench.conflist("10.conflist", [{"type": "fake-bridge"}])
-    network = CniNetwork(bench.settings)
-    await network.attach(pod())
-
-    with pytest.raises(CniPluginError, match=r"fake-bridge.*CHECK: veth gone"):
-        await network.check(pod())
-
-
 async def test_status_is_a_no_op_before_1_1_0(bench: PluginBench) -> None:
     standard_chain(bench, version="1.0.0")
 
