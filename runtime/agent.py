@@ -13,6 +13,7 @@ from network.errors import InvalidNetworkRequest
 from network.ipam import parse_ranges
 from network.types import PodNetwork
 from runtime.containers.exit_watcher import ExitWatcher
+from runtime.containers.host_work import KernelContainerHost
 from runtime.containers.layer_usage import WritableLayerUsage
 from runtime.containers.manager import ContainerManager
 from runtime.containers.recovery import reconcile_containers
@@ -21,6 +22,7 @@ from runtime.host.cgroups import CgroupLayout, CgroupMode
 from runtime.host.disk_usage import DiskUsage, disk_usage
 from runtime.images.manager import ImageManager
 from runtime.oci.runtime_cli import OciRuntime
+from runtime.pods.host_work import KernelSandboxHost
 from runtime.pods.manager import SandboxManager
 from runtime.pods.model import SandboxFilter, SandboxState
 from runtime.pods.recovery import reconcile_sandboxes
@@ -56,7 +58,9 @@ class Runtime:
         else:
             self.bridge = BridgeNetwork(settings.bridge, self.pod_cidr, self.db)
             self.network = self.bridge
-        self.sandboxes = SandboxManager(settings, SandboxStore(self.db), self.cgroups, self.network)
+        self.sandboxes = SandboxManager(
+            settings, SandboxStore(self.db), KernelSandboxHost(settings, self.cgroups, self.network)
+        )
         self.images = ImageManager(settings, self.db)
         self.runtimes = {
             name: OciRuntime(
@@ -68,15 +72,15 @@ class Runtime:
             )
             for name, handler in settings.handlers.items()
         }
+        container_store = ContainerStore(self.db)
         self.containers = ContainerManager(
             settings,
-            ContainerStore(self.db),
+            container_store,
             self.sandboxes.store,
             self.images,
-            self.cgroups,
-            self.runtimes,
+            KernelContainerHost(settings, self.cgroups, container_store, self.runtimes),
         )
-        self.streams = StreamingSessions(settings, self.containers, self.sandboxes)
+        self.streams = StreamingSessions(settings, self.containers, self.sandboxes, self.runtimes)
         self._exit_watcher: ExitWatcher | None = None
         self.layer_usage = WritableLayerUsage(
             lambda: {c.id: layout.container(c.id).upper for c in self.containers.all()}

@@ -3,11 +3,11 @@ an exit seen live and one found after a restart get the same code, reason and me
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 
 from runtime.containers.bundle import container_cgroup_path
 from runtime.containers.model import Container, ContainerState
-from runtime.host.cgroups import CgroupLayout
 from runtime.state.container_store import ContainerStore
 from runtime.state.sandbox_store import SandboxStore
 
@@ -18,10 +18,16 @@ UNKNOWN_EXIT_CODE = 255
 
 
 class ExitRecorder:
-    def __init__(self, store: ContainerStore, sandboxes: SandboxStore, cgroups: CgroupLayout):
+    def __init__(
+        self,
+        store: ContainerStore,
+        sandboxes: SandboxStore,
+        oom_kills: Callable[[str], int],
+    ) -> None:
+        """oom_kills: the OOM kills a cgroup (by path) has seen."""
         self.store = store
         self.sandboxes = sandboxes
-        self.cgroups = cgroups
+        self._oom_kills = oom_kills
 
     def record(
         self,
@@ -54,4 +60,4 @@ class ExitRecorder:
         sandbox = self.sandboxes.find(container.sandbox_id)
         if sandbox is None:
             return False
-        return self.cgroups.oom_kills(container_cgroup_path(sandbox.cgroup_path, container.id)) > 0
+        return self._oom_kills(container_cgroup_path(sandbox.cgroup_path, container.id)) > 0

@@ -19,22 +19,12 @@ from pathlib import Path
 import structlog
 
 from runtime.containers.build import (
-    ContainerBuilder,
-    own_oom_score_adj,
-    signal_number,
-    validate,
-)
-from runtime.containers.build import (
     log_path as container_log_path,
 )
-from runtime.containers.bundle import (
-    container_cgroup_path,
-    exec_process_spec,
-    release_volume_mounts,
-    remove_files,
-)
+from runtime.containers.build import own_oom_score_adj, signal_number, validate
 from runtime.containers.events import ContainerEvent, EventBus, EventKind
 from runtime.containers.exit_recorder import ExitRecorder
+from runtime.containers.host_work import ContainerHost
 from runtime.containers.image_user import parse_image_config
 from runtime.containers.model import (
     Container,
@@ -51,19 +41,14 @@ from runtime.errors import (
     InvalidArgument,
     NotFound,
 )
-from runtime.host.cgroups import CgroupLayout
 from runtime.images.manager import ImageManager
 from runtime.in_flight import InFlight, KeyedLocks
 from runtime.oci.conmon import (
     ConmonError,
     ContainerCreateError,
-    create_container,
-    exec_sync,
-    reopen_log,
 )
 from runtime.oci.exit_files import exit_recorded
-from runtime.oci.runtime_cli import OciRuntime, OciRuntimeError
-from runtime.oci.seccomp_bpf import SeccompFilters
+from runtime.oci.runtime_cli import OciRuntimeError
 from runtime.oci.spec import resources_to_oci
 from runtime.pods.model import Sandbox, SandboxState
 from runtime.settings import RuntimeSettings
@@ -78,33 +63,25 @@ KILL_WAIT_S = 10.0
 
 
 class ContainerManager:
-    def __init__(  # noqa: PLR0917
+    def __init__(
         self,
         settings: RuntimeSettings,
         store: ContainerStore,
         sandboxes: SandboxStore,
         images: ImageManager,
-        cgroups: CgroupLayout,
-        runtimes: dict[str, OciRuntime],
+        host: ContainerHost,
     ) -> None:
         self.settings = settings
         self.layout = settings.layout
         self.store = store
         self.sandboxes = sandboxes
         self.images = images
-        self.cgroups = cgroups
-        self.runtimes = runtimes
+        self.host = host
         self.events = EventBus()
         self._locks = KeyedLocks()
         self._exited: dict[str, asyncio.Event] = {}
         self._in_flight = InFlight()
-        self._exits = ExitRecorder(store, sandboxes, cgroups)
-        self.builder = ContainerBuilder(settings, cgroups, store)
-        self._filters = {
-            name: SeccompFilters(runtime.binary)
-            for name, runtime in runtimes.items()
-            if runtime.binary.name == "crun"
-        }
+        self._exits = ExitRecorder(store, sandboxes, host.oom_kills)
         images.in_use = self.image_ids_in_use
 
     # -- queries ------------------------------------------------------------------------
@@ -173,7 +150,6 @@ class ContainerManager:
                 raise NotFound(f"image {mount.image!r} of config.mounts[{index}] not found")
             volume_images[mount.container_path] = volume.id
             volumes[index] = self.images.lower_dirs(volume)
-        runtime = self.runtimes[sandbox.runtime_handler]
         container_id = secrets.token_hex(32)
         paths = self.layout.container(container_id)
         log_path = container_log_path(sandbox, config)
@@ -198,31 +174,15 @@ class ContainerManager:
         started = time.perf_counter()
         lowers = self.images.lower_dirs(image)
         try:
-            filters = self._filters.get(sandbox.runtime_handler)
-            built = await asyncio.to_thread(
-                self.builder.build, container, sandbox, image_config, lowers, filters, volumes
-            )
+            built = await self.host.build(container, sandbox, image_config, lowers, volumes)
             files_done = time.perf_counter()
-            process = await create_container(
-                self.settings.conmon_path,
-                runtime,
-                container_id=container_id,
-                bundle=paths.bundle,
-                log_path=Path(log_path) if log_path else None,
-                exit_dir=self.layout.exits_dir,
-                socket_dir=self.layout.attach_dir,
-                tty=config.tty,
-                stdin=config.stdin,
-                stdin_once=config.stdin_once,
-            )
-            await asyncio.to_thread(release_volume_mounts, paths)
+            process = await self.host.create(container)
         except BaseException as exc:
-            await self._undo_create(container, sandbox, runtime)
+            await self._undo_create(container, sandbox)
             if isinstance(exc, ContainerCreateError):
                 raise ContainerRuntimeFailed(f"creating container {config.name!r}: {exc}") from None
             raise
-        if filters is not None:
-            await asyncio.to_thread(filters.learn, built.spec, runtime.state_root / container_id)
+        await self.host.created(container, built)
         self._exited[container_id] = asyncio.Event()
         created = self.store.update(
             container_id,
@@ -244,20 +204,11 @@ class ContainerManager:
         self._publish(EventKind.CREATED, created)
         return created
 
-    async def _undo_create(
-        self, container: Container, sandbox: Sandbox, runtime: OciRuntime
-    ) -> None:
+    async def _undo_create(self, container: Container, sandbox: Sandbox) -> None:
         with contextlib.suppress(OciRuntimeError):
-            await runtime.delete(container.id, force=True)
-        await asyncio.to_thread(self._remove_host_state, sandbox, container.id)
+            await self.host.delete(container)
+        await self.host.remove_files(container.id, sandbox)
         self.store.delete(container.id)
-
-    def _remove_host_state(self, sandbox: Sandbox | None, cid: str) -> None:
-        remove_files(self.layout.container(cid))
-        self.layout.exit_file(cid).unlink(missing_ok=True)
-        self.layout.attach_link(cid).unlink(missing_ok=True)
-        if sandbox is not None:
-            self.cgroups.remove(container_cgroup_path(sandbox.cgroup_path, cid))
 
     async def _start(self, id_or_prefix: str) -> None:
         async with self._locked(id_or_prefix) as container:
@@ -267,12 +218,11 @@ class ContainerManager:
                 raise FailedPrecondition(
                     f"container {container.id} is {container.state.value}, not created"
                 )
-            runtime = self.runtimes[container.runtime_handler]
             # Taken before the start: a short-lived container may exit (and be recorded as
             # finished) before the runtime's `start` returns.
             now = time.time_ns()
             try:
-                await runtime.start(container.id)
+                await self.host.start(container)
             except OciRuntimeError as exc:
                 # The runtime may complain about a container that started and already ended;
                 # conmon's exit file tells those apart from a start that never happened.
@@ -310,15 +260,14 @@ class ContainerManager:
             # A created container has nothing running yet (its init waits for `start`), as
             # in containerd stopping it changes nothing; removal deletes it.
             return
-        runtime = self.runtimes[container.runtime_handler]
         if timeout_s > 0:
             signum = signal_number(container.stop_signal)
             with contextlib.suppress(OciRuntimeError):
-                await runtime.kill(container.id, signum)
+                await self.host.kill(container, signum, all_processes=False)
             if await self._wait_exit(container.id, timeout_s):
                 return
         with contextlib.suppress(OciRuntimeError):
-            await runtime.kill(container.id, signal.SIGKILL, all_processes=True)
+            await self.host.kill(container, signal.SIGKILL, all_processes=True)
         if not await self._wait_exit(container.id, KILL_WAIT_S):
             raise ContainerRuntimeFailed(f"container {container.id} did not exit after SIGKILL")
 
@@ -342,12 +291,9 @@ class ContainerManager:
             if current is None:
                 return
             await self._stop_locked(current, 0)
-            runtime = self.runtimes.get(current.runtime_handler)
-            if runtime is not None:
-                with contextlib.suppress(OciRuntimeError):
-                    await runtime.delete(current.id, force=True)
-            sandbox = self.sandboxes.find(current.sandbox_id)
-            await asyncio.to_thread(self._remove_host_state, sandbox, current.id)
+            with contextlib.suppress(OciRuntimeError):
+                await self.host.delete(current)
+            await self.host.remove_files(current.id, self.sandboxes.find(current.sandbox_id))
             final = self.store.find(current.id) or current
             self.store.delete(current.id)
             self._exited.pop(current.id, None)
@@ -361,12 +307,11 @@ class ContainerManager:
                 raise FailedPrecondition(
                     f"container {container.id} is {container.state.value}: nothing to update"
                 )
-            runtime = self.runtimes[container.runtime_handler]
             clamped = replace(
                 resources, oom_score_adj=max(resources.oom_score_adj, own_oom_score_adj())
             )
             try:
-                await runtime.update(container.id, resources_to_oci(clamped))
+                await self.host.update(container, resources_to_oci(clamped))
             except OciRuntimeError as exc:
                 raise InvalidArgument(
                     f"updating container {container.id} resources: {exc} (limits unchanged)"
@@ -380,9 +325,8 @@ class ContainerManager:
                 f"container {container.id} is {container.state.value}, not running: "
                 "no log to reopen"
             )
-        log_path = Path(container.log_path) if container.log_path else None
         try:
-            await asyncio.to_thread(reopen_log, self.layout.container(container.id).ctl, log_path)
+            await self.host.reopen_log(container)
         except ConmonError as exc:
             raise ContainerRuntimeFailed(f"container {container.id}: {exc}") from None
 
@@ -394,18 +338,8 @@ class ContainerManager:
             raise FailedPrecondition(f"container {container.id} is not running")
         if not command:
             raise InvalidArgument("cmd is empty")
-        paths = self.layout.container(container.id)
-        process = await asyncio.to_thread(exec_process_spec, paths, command)
         try:
-            result = await exec_sync(
-                self.settings.conmon_path,
-                self.runtimes[container.runtime_handler],
-                container_id=container.id,
-                bundle=paths.bundle,
-                process_spec=process,
-                timeout_s=timeout_s,
-                output_cap=EXEC_OUTPUT_CAP,
-            )
+            result = await self.host.exec_sync(container, command, timeout_s, EXEC_OUTPUT_CAP)
         except ConmonError as exc:
             raise ContainerRuntimeFailed(f"exec of {command!r}: {exc}") from None
         if result.timed_out:

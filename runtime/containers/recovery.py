@@ -83,7 +83,7 @@ def _reconcile(
 ) -> list[str]:
     if container.state not in (ContainerState.CREATED, ContainerState.RUNNING):
         return []
-    exits = ExitRecorder(store, sandboxes, cgroups)
+    exits = ExitRecorder(store, sandboxes, cgroups.oom_kills)
     try:
         recorded = read_exit_file(settings.layout.exit_file(container.id))
     except ValueError as exc:

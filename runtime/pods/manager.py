@@ -7,10 +7,8 @@ undone; never half of each. On shutdown, drain() lets the ones under way finish.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import secrets
-import subprocess
 import time
 from collections.abc import AsyncIterator
 from dataclasses import replace
@@ -19,10 +17,11 @@ from pathlib import Path
 import structlog
 
 from network.errors import NetworkError
-from network.types import HostPort, PodNetwork, PodNetworkRequest
+from network.types import HostPort, PodNetworkRequest
 from runtime.errors import FailedPrecondition, InvalidArgument, NotFound
-from runtime.host.cgroups import CgroupLayout, pod_cgroup_path
+from runtime.host.cgroups import pod_cgroup_path
 from runtime.in_flight import InFlight, KeyedLocks
+from runtime.pods.host_work import SandboxHost
 from runtime.pods.model import (
     NamespaceMode,
     Sandbox,
@@ -30,9 +29,7 @@ from runtime.pods.model import (
     SandboxFilter,
     SandboxState,
 )
-from runtime.pods.setup import build_sandbox, remove_sandbox, stop_sandbox
 from runtime.pods.sysctls import validate_sysctls
-from runtime.pods.userns import supported as userns_supported
 from runtime.settings import RuntimeSettings
 from runtime.state.sandbox_store import SandboxStore
 
@@ -47,15 +44,12 @@ class SandboxManager:
         self,
         settings: RuntimeSettings,
         store: SandboxStore,
-        cgroups: CgroupLayout,
-        network: PodNetwork,
+        host: SandboxHost,
     ) -> None:
         self.settings = settings
-        self.network = network
         self.store = store
-        self.cgroups = cgroups
+        self.host = host
         self._locks = KeyedLocks()
-        self._infra_children: dict[str, subprocess.Popen[bytes]] = {}
         self._in_flight = InFlight()
 
     async def run(self, config: SandboxConfig) -> Sandbox:
@@ -105,7 +99,7 @@ class SandboxManager:
                     "TARGET is only valid for containers"
                 )
         if ns.user is not None:
-            if not userns_supported():
+            if not self.host.user_namespaces_supported():
                 raise FailedPrecondition(
                     "this node cannot give pods user namespaces (they need kernel 5.19 or "
                     "later and user.max_user_namespaces > 0)"
@@ -141,9 +135,7 @@ class SandboxManager:
         bound = log.bind(sandbox_id=sandbox.id, sandbox_name=sandbox.name)
         started = time.perf_counter()
         try:
-            built = await asyncio.to_thread(
-                build_sandbox, self.settings, self.cgroups, sandbox, sysctl_paths
-            )
+            built = await self.host.build(sandbox, sysctl_paths)
         except BaseException:
             self.store.delete(sandbox.id)
             raise
@@ -160,13 +152,9 @@ class SandboxManager:
                 # The attach undid its own work before raising; this pass only catches what a
                 # cancellation left. Its failure must not keep the namespaces, cgroup and row.
                 bound.warning("network teardown after a failed run", error=str(exc))
-            await asyncio.to_thread(
-                remove_sandbox, self.settings, self.cgroups, sandbox, built.infra_child
-            )
+            await self.host.remove(sandbox)
             self.store.delete(sandbox.id)
             raise
-        if built.infra_child is not None:
-            self._infra_children[sandbox.id] = built.infra_child
         bound.info(
             "sandbox ready",
             ips=ips,
@@ -193,22 +181,19 @@ class SandboxManager:
     async def _attach_network(self, sandbox: Sandbox) -> list[str]:
         if sandbox.config.namespaces.network is NamespaceMode.NODE:
             return []
-        status = await self.network.attach(self.network_request(sandbox))
-        return status.ips
+        return await self.host.attach_network(self.network_request(sandbox))
 
     async def _detach_network(self, sandbox: Sandbox) -> None:
         """Idempotent: also called on pods whose network is half built or already gone."""
         if sandbox.config.namespaces.network is not NamespaceMode.NODE:
-            await self.network.detach(self.network_request(sandbox))
+            await self.host.detach_network(self.network_request(sandbox))
 
     async def _stop(self, id_or_prefix: str) -> None:
         async with self._locked(id_or_prefix) as sandbox:
             if sandbox is None:
                 return
             await self._detach_network(sandbox)
-            child = self._infra_children.get(sandbox.id)
-            await asyncio.to_thread(stop_sandbox, self.settings, sandbox, child)
-            self._infra_children.pop(sandbox.id, None)
+            await self.host.stop(sandbox)
             if sandbox.state is not SandboxState.NOTREADY:
                 self.store.update(sandbox.id, lambda s: replace(s, state=SandboxState.NOTREADY))
                 log.info("sandbox stopped", sandbox_id=sandbox.id)
@@ -218,9 +203,7 @@ class SandboxManager:
             if sandbox is None:
                 return
             await self._detach_network(sandbox)
-            child = self._infra_children.get(sandbox.id)
-            await asyncio.to_thread(remove_sandbox, self.settings, self.cgroups, sandbox, child)
-            self._infra_children.pop(sandbox.id, None)
+            await self.host.remove(sandbox)
             self.store.delete(sandbox.id)
             log.info("sandbox removed", sandbox_id=sandbox.id)
 

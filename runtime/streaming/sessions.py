@@ -10,6 +10,7 @@ from runtime.containers.bundle import exec_process_spec
 from runtime.containers.manager import ContainerManager
 from runtime.containers.model import Container, ContainerState
 from runtime.errors import FailedPrecondition
+from runtime.oci.runtime_cli import OciRuntime
 from runtime.pods.manager import SandboxManager
 from runtime.pods.model import Sandbox, SandboxState
 from runtime.settings import RuntimeSettings
@@ -21,11 +22,16 @@ from runtime.streaming.streams import PortStream, StdioClient
 
 class StreamingSessions:
     def __init__(
-        self, settings: RuntimeSettings, containers: ContainerManager, sandboxes: SandboxManager
+        self,
+        settings: RuntimeSettings,
+        containers: ContainerManager,
+        sandboxes: SandboxManager,
+        runtimes: dict[str, OciRuntime],
     ) -> None:
         self.settings = settings
         self.containers = containers
         self.sandboxes = sandboxes
+        self.runtimes = runtimes
 
     def streamable(self, container_id: str) -> Container:
         """A running container in a ready pod: what an Exec or Attach URL is handed out for."""
@@ -44,7 +50,7 @@ class StreamingSessions:
         container = self._running(container_id)
         paths = self.settings.layout.container(container.id)
         process = await asyncio.to_thread(exec_process_spec, paths, command, tty=client.tty)
-        runtime = self.containers.runtimes[container.runtime_handler]
+        runtime = self.runtimes[container.runtime_handler]
         return await exec_streaming(runtime, container.id, paths.bundle, process, client)
 
     async def attach(self, container_id: str, client: StdioClient) -> None:

@@ -31,7 +31,7 @@ def bench(tmp_path: Path) -> tuple[ExitRecorder, Container, Path]:
     cgroup.mkdir(parents=True)
     (cgroup / "memory.events").write_text("low 0\nhigh 0\nmax 0\noom 0\noom_kill 0\n")
     layout = CgroupLayout(CgroupMode.V2, {}, tmp_path / "cgroup")
-    return ExitRecorder(store, pods, layout), store.get("c1"), cgroup
+    return ExitRecorder(store, pods, layout.oom_kills), store.get("c1"), cgroup
 
 
 @pytest.mark.parametrize(("code", "reason"), [(0, "Completed"), (3, "Error"), (143, "Error")])

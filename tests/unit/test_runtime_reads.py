@@ -5,15 +5,12 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
-from typing import cast
 
 import pytest
 
-from network.types import PodNetwork
 from runtime.containers.manager import ContainerManager
 from runtime.containers.model import ContainerState
 from runtime.errors import FailedPrecondition, NotFound
-from runtime.host.cgroups import CgroupLayout
 from runtime.images.manager import ImageManager
 from runtime.pods.manager import SandboxManager
 from runtime.pods.model import InfraProcess, SandboxState
@@ -23,10 +20,7 @@ from runtime.state.db import StateDB
 from runtime.state.sandbox_store import SandboxStore
 from runtime.streaming.sessions import StreamingSessions
 from tests.unit.builders import container, sandbox
-
-# The reads touch neither cgroups nor the network.
-NO_CGROUPS = cast(CgroupLayout, None)
-NO_NETWORK = cast(PodNetwork, None)
+from tests.unit.fake_hosts import FakeContainerHost, FakeSandboxHost
 
 
 @pytest.fixture
@@ -41,7 +35,7 @@ def db(tmp_path: Path) -> StateDB:
 
 @pytest.fixture
 def sandboxes(settings: RuntimeSettings, db: StateDB) -> SandboxManager:
-    return SandboxManager(settings, SandboxStore(db), NO_CGROUPS, NO_NETWORK)
+    return SandboxManager(settings, SandboxStore(db), FakeSandboxHost())
 
 
 @pytest.fixture
@@ -49,7 +43,9 @@ def containers(
     settings: RuntimeSettings, db: StateDB, sandboxes: SandboxManager
 ) -> ContainerManager:
     images = ImageManager(settings, db)
-    return ContainerManager(settings, ContainerStore(db), sandboxes.store, images, NO_CGROUPS, {})
+    return ContainerManager(
+        settings, ContainerStore(db), sandboxes.store, images, FakeContainerHost()
+    )
 
 
 def test_sandboxes_are_found_by_prefix_and_all_includes_half_built_ones(
@@ -94,7 +90,7 @@ def test_all_containers_include_those_still_being_created(containers: ContainerM
 def test_streams_are_handed_out_for_running_containers_in_ready_pods_only(
     settings: RuntimeSettings, sandboxes: SandboxManager, containers: ContainerManager
 ) -> None:
-    streams = StreamingSessions(settings, containers, sandboxes)
+    streams = StreamingSessions(settings, containers, sandboxes, {})
     ready, stopped = sandbox("aa11"), sandbox("bb22", name="db", state=SandboxState.NOTREADY)
     for pod in (ready, stopped):
         sandboxes.store.reserve(pod)
