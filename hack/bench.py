@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import json
 import os
 import shutil
@@ -17,6 +18,7 @@ import signal
 import statistics
 import subprocess
 import sys
+import tarfile
 import tempfile
 import threading
 import time
@@ -116,7 +118,8 @@ def wait_for_socket(socket: Path, proc: subprocess.Popen[bytes]) -> None:
         if proc.poll() is not None:
             sys.exit(f"agent exited with {proc.returncode}")
         if socket.exists():
-            stub = api_pb2_grpc.RuntimeServiceStub(grpc.insecure_channel(f"unix://{socket}"))
+            channel = grpc.insecure_channel(f"unix://{socket}")
+            stub = api_pb2_grpc.RuntimeServiceStub(channel)  # type: ignore[no-untyped-call]
             with contextlib.suppress(grpc.RpcError):
                 stub.Version(pb.VersionRequest(), timeout=1)
                 return
@@ -124,7 +127,7 @@ def wait_for_socket(socket: Path, proc: subprocess.Popen[bytes]) -> None:
     sys.exit("agent did not answer within 30 s")
 
 
-def sandbox_config(pid_mode: int) -> Any:
+def sandbox_config(pid_mode: pb.NamespaceMode.ValueType) -> Any:
     uid = uuid.uuid4().hex
     return pb.PodSandboxConfig(
         metadata=pb.PodSandboxMetadata(name=f"bench-{uid[:8]}", uid=uid, namespace="bench"),
@@ -267,9 +270,14 @@ def bench_cni(n: int, timings: Timings) -> None:
             remove_plugin_rules(rule_marker(name))
 
 
+def _random_file(archive: tarfile.TarFile, name: str) -> None:
+    add_file(archive, name, os.urandom(64))
+
+
 def bench_images(socket: Path, timings: Timings) -> list[str]:
     """Cold pull + unpack of a ~100 MB image, then lookups with 50 images in the store."""
-    images = api_pb2_grpc.ImageServiceStub(grpc.insecure_channel(f"unix://{socket}"))
+    channel = grpc.insecure_channel(f"unix://{socket}")
+    images = api_pb2_grpc.ImageServiceStub(channel)  # type: ignore[no-untyped-call]
     registry = start_registry()
     notes = []
     try:
@@ -293,7 +301,7 @@ def bench_images(socket: Path, timings: Timings) -> list[str]:
             f"{megabytes / seconds:.0f} MB/s (best {megabytes / min(durations):.0f} MB/s)"
         )
         for i in range(49):
-            layer = tar_of(lambda archive, i=i: add_file(archive, f"file-{i}", os.urandom(64)))
+            layer = tar_of(functools.partial(_random_file, name=f"file-{i}"))
             push_image(registry.address, f"bench/small-{i}", "latest", [layer])
             small = f"{registry.address}/bench/small-{i}:latest"
             images.PullImage(pb.PullImageRequest(image=pb.ImageSpec(image=small)))
@@ -323,7 +331,8 @@ def main() -> int:
             socket, agent_pid = args.socket, 0
         else:
             socket, agent_pid = stack.enter_context(own_agent())
-        stub = api_pb2_grpc.RuntimeServiceStub(grpc.insecure_channel(f"unix://{socket}"))
+        channel = grpc.insecure_channel(f"unix://{socket}")
+        stub = api_pb2_grpc.RuntimeServiceStub(channel)  # type: ignore[no-untyped-call]
         timings = Timings()
         for _ in range(20):
             timings.time("Version", stub.Version, pb.VersionRequest())

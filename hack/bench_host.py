@@ -16,7 +16,8 @@ from typing import Protocol
 
 from metrics.cgroup_reader import CgroupReader
 from runtime.host.cgroups import CgroupLayout, CgroupMode
-from runtime.oci.conmon import create_container, read_exit_code, start_container
+from runtime.oci.conmon import create_container
+from runtime.oci.exit_files import exit_recorded
 from runtime.oci.runtime_cli import OciRuntime
 from tests.e2e.kernel import CGROUP_FS, remove_cgroup_dir
 from tests.waiting import wait_until_async
@@ -58,7 +59,7 @@ def _bundle(base: Path, container_id: str, cgroup_parent: str) -> Path:
 
 
 def _exited(exits: Path, container_id: str) -> Callable[[], bool]:
-    return lambda: read_exit_code(exits, container_id) is not None
+    return lambda: exit_recorded(exits / container_id)
 
 
 async def _create_and_start(runtime: OciRuntime, base: Path, n: int, timings: Timings) -> None:
@@ -74,7 +75,7 @@ async def _create_and_start(runtime: OciRuntime, base: Path, n: int, timings: Ti
                 exit_dir=base / "exits", socket_dir=base / "attach", tty=False, stdin=False,
                 stdin_once=False,
             )  # fmt: skip
-            await start_container(runtime, container_id)
+            await runtime.start(container_id)
             timings.record(f"conmon create+start, {runtime.name}{hidden}", started)
             await wait_until_async(_exited(base / "exits", container_id))
             await runtime.delete(container_id, force=True)
@@ -97,7 +98,9 @@ def bench_conmon(n: int, timings: Timings) -> list[str]:
         # crun 1.8 refuses to create containers on a hybrid host (FIELD-NOTES).
         hide = UNIFIED if name == "crun" and os.path.ismount(UNIFIED) else None
         with tempfile.TemporaryDirectory(prefix="mbc-") as base:
-            runtime = OciRuntime(name, Path(binary), Path(base) / "oci", hide_mount=hide)
+            runtime = OciRuntime(
+                name, Path(binary), Path(base) / "oci", Path(base) / "wrappers", hide_mount=hide
+            )
             asyncio.run(_create_and_start(runtime, Path(base), n, timings))
     return notes
 

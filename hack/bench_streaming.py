@@ -21,8 +21,9 @@ FORWARD_PORT = 8090
 
 
 def bench_streaming(socket: Path, n: int, timings: Timings) -> list[str]:
-    runtime = api_pb2_grpc.RuntimeServiceStub(grpc.insecure_channel(f"unix://{socket}"))
-    images = api_pb2_grpc.ImageServiceStub(grpc.insecure_channel(f"unix://{socket}"))
+    channel = grpc.insecure_channel(f"unix://{socket}")
+    runtime = api_pb2_grpc.RuntimeServiceStub(channel)  # type: ignore[no-untyped-call]
+    images = api_pb2_grpc.ImageServiceStub(channel)  # type: ignore[no-untyped-call]
     with pulled_test_image(images) as image:
         uid = uuid.uuid4().hex
         pod_config = pb.PodSandboxConfig(
@@ -101,15 +102,15 @@ async def _bench(  # noqa: PLR0917
     await error.wait_reply()
     await data.wait_reply()
     begun = time.perf_counter()
-    received = 0
-    while received < FORWARD_BYTES:
+    forwarded = 0
+    while forwarded < FORWARD_BYTES:
         chunk = await data.read()
         if not chunk:
             break
-        received += len(chunk)
+        forwarded += len(chunk)
     seconds = time.perf_counter() - begun
     await client.close()
     return [
-        f"port-forward (SPDY) of {received / 1e6:.0f} MB from a pod: {seconds:.2f} s, "
-        f"{received / 1e6 / seconds:.0f} MB/s"
+        f"port-forward (SPDY) of {forwarded / 1e6:.0f} MB from a pod: {seconds:.2f} s, "
+        f"{forwarded / 1e6 / seconds:.0f} MB/s"
     ]

@@ -63,13 +63,12 @@ def recorded(pid: int, trace: Path) -> list[Event]:
     trace.unlink(missing_ok=True)
     os.kill(pid, signal.SIGUSR1)
     deadline = time.monotonic() + 10
-    while not trace.exists() or not trace.stat().st_size:
+    # The agent renames the finished trace into place, so existing means complete.
+    while not trace.exists():
         if time.monotonic() > deadline:
             sys.exit("the traced agent wrote no trace")
         time.sleep(0.05)
-    # The handler writes in one call; a second read after it settles sees the whole file.
-    time.sleep(0.2)
-    return [tuple(e) for e in json.loads(trace.read_text())]  # type: ignore[misc]
+    return [(caller, callee, name) for caller, callee, name in json.loads(trace.read_text())]
 
 
 def main() -> int:

@@ -47,7 +47,10 @@ def _profile(frame: FrameType, event: str, arg: Any) -> None:
 def _dump(signum: int, frame: FrameType | None) -> None:
     global _events
     recorded, _events = _events, []
-    Path(os.environ["MOORAGE_TRACE_FILE"]).write_text(json.dumps(recorded))
+    target = Path(os.environ["MOORAGE_TRACE_FILE"])
+    partial = target.with_suffix(".partial")
+    partial.write_text(json.dumps(recorded))
+    partial.rename(target)
 
 
 def main() -> int:
