@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from metrics.model import CgroupStats, InterfaceStats, ProcessStats
+from metrics.model import BlkioDevice, CgroupStats, InterfaceStats, ProcessStats
 
 # kubelet's label set, in its order; cAdvisor's `name` is the runtime's container id.
 BASE_LABELS = ("container", "id", "image", "name", "namespace", "pod")
@@ -31,12 +31,7 @@ class DeviceIO:
     """One disk's I/O by the container, the disk named as cAdvisor names it."""
 
     name: str
-    major: int
-    minor: int
-    read_bytes: int = 0
-    write_bytes: int = 0
-    read_ops: int = 0
-    write_ops: int = 0
+    io: BlkioDevice
 
 
 @dataclass(frozen=True)
@@ -134,9 +129,9 @@ def _no_cgroup_figure(view: ContainerView) -> Values:
 
 def _blkio_usage(view: ContainerView) -> Values:
     for device in view.devices:
-        numbers = (device.name, str(device.major), str(device.minor))
-        yield (*numbers, "Read"), float(device.read_bytes)
-        yield (*numbers, "Write"), float(device.write_bytes)
+        numbers = (device.name, str(device.io.major), str(device.io.minor))
+        yield (*numbers, "Read"), float(device.io.read_bytes)
+        yield (*numbers, "Write"), float(device.io.write_bytes)
 
 
 def _cpu_usage(view: ContainerView) -> Values:
@@ -283,7 +278,7 @@ CONTAINER_SERIES: tuple[Series, ...] = (
         "container_fs_reads_bytes_total",
         COUNTER,
         "Cumulative count of bytes read",
-        _per_device(lambda d: d.read_bytes),
+        _per_device(lambda d: d.io.read_bytes),
         ("device",),
     ),
     Series(
@@ -297,7 +292,7 @@ CONTAINER_SERIES: tuple[Series, ...] = (
         "container_fs_reads_total",
         COUNTER,
         "Cumulative count of reads completed",
-        _per_device(lambda d: d.read_ops),
+        _per_device(lambda d: d.io.read_ops),
         ("device",),
     ),
     Series(
@@ -332,7 +327,7 @@ CONTAINER_SERIES: tuple[Series, ...] = (
         "container_fs_writes_bytes_total",
         COUNTER,
         "Cumulative count of bytes written",
-        _per_device(lambda d: d.write_bytes),
+        _per_device(lambda d: d.io.write_bytes),
         ("device",),
     ),
     Series(
@@ -346,7 +341,7 @@ CONTAINER_SERIES: tuple[Series, ...] = (
         "container_fs_writes_total",
         COUNTER,
         "Cumulative count of writes completed",
-        _per_device(lambda d: d.write_ops),
+        _per_device(lambda d: d.io.write_ops),
         ("device",),
     ),
     # cAdvisor reports whole seconds here.

@@ -34,7 +34,7 @@ from metrics.cadvisor_series import (
     DeviceIO,
     Filesystem,
 )
-from metrics.model import CgroupStats, FilesystemStats, InterfaceStats, ProcessStats
+from metrics.model import BlkioDevice, CgroupStats, FilesystemStats, InterfaceStats, ProcessStats
 
 log = structlog.get_logger("moorage.metrics")
 
@@ -85,16 +85,7 @@ def container_view(
     disk_of: WholeDisk = whole_disk,
 ) -> ContainerView:
     devices = {
-        (d.major, d.minor): DeviceIO(
-            device_name(d.major, d.minor),
-            d.major,
-            d.minor,
-            d.read_bytes,
-            d.write_bytes,
-            d.read_ops,
-            d.write_ops,
-        )
-        for d in sample.stats.blkio
+        (d.major, d.minor): DeviceIO(device_name(d.major, d.minor), d) for d in sample.stats.blkio
     }
     filesystem = None
     fs = sample.filesystem
@@ -103,7 +94,7 @@ def container_view(
         # only after the first I/O on it, and no I/O there is a true 0.
         disk = disk_of(fs.major, fs.minor)
         if disk not in devices:
-            devices[disk] = DeviceIO(device_name(*disk), *disk)
+            devices[disk] = DeviceIO(device_name(*disk), BlkioDevice(*disk))
         filesystem = Filesystem(
             device_name(fs.major, fs.minor),
             sample.layer_bytes or 0,

@@ -8,7 +8,7 @@ import contextlib
 import hashlib
 import json
 import signal
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -38,25 +38,6 @@ from tests.unit.fake_hosts import FakeContainerHost, settle
 from tests.waiting import wait_until_async
 
 POD = "a1b2c3"
-
-
-@pytest.fixture
-def db_path(tmp_path: Path) -> Path:
-    return tmp_path / "state.db"
-
-
-@pytest.fixture
-def db(db_path: Path) -> Iterator[StateDB]:
-    state_db = StateDB(db_path)
-    try:
-        yield state_db
-    finally:
-        state_db.close()
-
-
-@pytest.fixture
-def settings(tmp_path: Path) -> RuntimeSettings:
-    return RuntimeSettings(root_dir=tmp_path / "root", run_dir=tmp_path / "run")
 
 
 @pytest.fixture

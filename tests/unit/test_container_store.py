@@ -17,11 +17,6 @@ from runtime.state.db import StateDB
 from tests.unit.builders import container
 
 
-@pytest.fixture
-def db(tmp_path: Path) -> StateDB:
-    return StateDB(tmp_path / "state.db")
-
-
 def test_every_field_survives_a_reopen(db: StateDB, tmp_path: Path) -> None:
     original = container("c1")
     ContainerStore(db).reserve(original, "app_pod_1")

@@ -41,11 +41,6 @@ def image(config: str, *, tags: tuple[str, ...] = (), digests: tuple[str, ...] =
     )
 
 
-@pytest.fixture
-def db(tmp_path: Path) -> StateDB:
-    return StateDB(tmp_path / "state.db")
-
-
 def test_the_chain_id_of_the_first_layer_is_its_diff_id_and_then_hashes_the_stack() -> None:
     first, second = digest_of("a"), digest_of("b")
     expected = "sha256:" + hashlib.sha256(f"{first} {second}".encode()).hexdigest()

@@ -13,11 +13,6 @@ from network.ipam import AddressPool, parse_ranges
 from runtime.state.db import StateDB
 
 
-@pytest.fixture
-def db(tmp_path: Path) -> StateDB:
-    return StateDB(tmp_path / "state.db")
-
-
 def test_first_pod_gets_the_address_after_the_gateway(db: StateDB) -> None:
     pool = AddressPool(parse_ranges("10.1.0.0/24"), db)
 

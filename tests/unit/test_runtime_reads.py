@@ -4,7 +4,6 @@ and the verbose details as plain data."""
 from __future__ import annotations
 
 from dataclasses import replace
-from pathlib import Path
 
 import pytest
 
@@ -21,16 +20,6 @@ from runtime.state.sandbox_store import SandboxStore
 from runtime.streaming.sessions import StreamingSessions
 from tests.unit.builders import container, sandbox
 from tests.unit.fake_hosts import FakeContainerHost, FakeSandboxHost
-
-
-@pytest.fixture
-def settings(tmp_path: Path) -> RuntimeSettings:
-    return RuntimeSettings(root_dir=tmp_path / "lib", run_dir=tmp_path / "run")
-
-
-@pytest.fixture
-def db(tmp_path: Path) -> StateDB:
-    return StateDB(tmp_path / "state.db")
 
 
 @pytest.fixture

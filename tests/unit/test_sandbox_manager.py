@@ -4,7 +4,6 @@ real state.db."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -27,20 +26,6 @@ from runtime.state.db import StateDB
 from runtime.state.sandbox_store import SandboxStore
 from tests.unit.builders import pod_config
 from tests.unit.fake_hosts import FakeSandboxHost, settle
-
-
-@pytest.fixture
-def db_path(tmp_path: Path) -> Path:
-    return tmp_path / "state.db"
-
-
-@pytest.fixture
-def db(db_path: Path) -> Iterator[StateDB]:
-    state_db = StateDB(db_path)
-    try:
-        yield state_db
-    finally:
-        state_db.close()
 
 
 @pytest.fixture

@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -11,20 +10,6 @@ from runtime.pods.model import InfraProcess, Sandbox, SandboxFilter, SandboxStat
 from runtime.state.db import StateDB
 from runtime.state.sandbox_store import SandboxStore
 from tests.unit.builders import sandbox
-
-
-@pytest.fixture
-def db_path(tmp_path: Path) -> Path:
-    return tmp_path / "state" / "state.db"
-
-
-@pytest.fixture
-def db(db_path: Path) -> Iterator[StateDB]:
-    state_db = StateDB(db_path)
-    try:
-        yield state_db
-    finally:
-        state_db.close()
 
 
 @pytest.fixture
