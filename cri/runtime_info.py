@@ -13,7 +13,6 @@ from cri_api.v1 import api_pb2 as pb
 from cri.config import config_as_dict
 from cri.convert import runtime_status as convert
 from cri.handlers import Handlers
-from runtime.pods import userns
 
 RUNTIME_NAME = "moorage"
 CRI_API_VERSION = "v1"
@@ -39,18 +38,16 @@ class RuntimeInfoRpcs(Handlers):
         )
 
     async def Status(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        runtime = self.runtime
+        status = self.runtime.status()
         conditions = [
-            convert.condition_to_proto("RuntimeReady", runtime.runtime_readiness()),
-            convert.condition_to_proto("NetworkReady", runtime.network_readiness()),
+            convert.condition_to_proto("RuntimeReady", status.runtime),
+            convert.condition_to_proto("NetworkReady", status.network),
         ]
-        handlers = convert.runtime_handlers_to_proto(
-            list(runtime.settings.handlers), userns.supported()
-        )
+        handlers = convert.runtime_handlers_to_proto(status.handlers, status.user_namespaces)
         info = {}
         if request.verbose:
             info["config"] = json.dumps(config_as_dict(self.config), sort_keys=True)
-            info["podCIDR"] = runtime.pod_cidr
+            info["podCIDR"] = status.pod_cidr
         return pb.StatusResponse(
             status=pb.RuntimeStatus(conditions=conditions),
             info=info,

@@ -26,6 +26,7 @@ from runtime.pods.host_work import KernelSandboxHost
 from runtime.pods.manager import SandboxManager
 from runtime.pods.model import SandboxFilter, SandboxState
 from runtime.pods.recovery import reconcile_sandboxes
+from runtime.pods.userns import supported as userns_supported
 from runtime.settings import RuntimeSettings
 from runtime.state.container_store import ContainerStore
 from runtime.state.db import StateDB
@@ -40,6 +41,17 @@ class Readiness:
     ready: bool
     reason: str = ""
     message: str = ""
+
+
+@dataclass(frozen=True)
+class RuntimeStatus:
+    """What the Status RPC reports, read in one call."""
+
+    runtime: Readiness
+    network: Readiness
+    handlers: list[str]
+    user_namespaces: bool
+    pod_cidr: str
 
 
 class Runtime:
@@ -167,14 +179,23 @@ class Runtime:
             raise InvalidArgument(f"runtime_config.network_config.pod_cidr: {exc}") from None
         self.db.put_setting(_POD_CIDR_KEY, cidr)
 
-    def runtime_readiness(self) -> Readiness:
+    def status(self) -> RuntimeStatus:
+        return RuntimeStatus(
+            runtime=self._runtime_readiness(),
+            network=self._network_readiness(),
+            handlers=sorted(self.settings.handlers),
+            user_namespaces=userns_supported(),
+            pod_cidr=self.pod_cidr,
+        )
+
+    def _runtime_readiness(self) -> Readiness:
         handler = self.settings.handler("")
         for what, path in (("OCI runtime", handler.path), ("conmon", self.settings.conmon_path)):
             if not os.access(path, os.X_OK):
                 return Readiness(False, "RuntimeBinaryMissing", f"{what} {path} is not executable")
         return Readiness(True)
 
-    def network_readiness(self) -> Readiness:
+    def _network_readiness(self) -> Readiness:
         network = self.network.readiness()
         return Readiness(network.ready, network.reason, network.message)
 

@@ -22,7 +22,7 @@ def runtime_handlers_to_proto(names: list[str], user_namespaces: bool) -> list[A
         recursive_read_only_mounts=True, user_namespaces=user_namespaces
     )
     # kubelet looks the default handler up under the empty name.
-    return [pb.RuntimeHandler(name=name, features=features) for name in ["", *sorted(names)]]
+    return [pb.RuntimeHandler(name=name, features=features) for name in ["", *names]]
 
 
 def cgroup_driver_to_proto(driver: str) -> Any:
