@@ -14,61 +14,52 @@ from cri_api.v1 import api_pb2 as pb
 from metrics.cadvisor_series import CONTAINER_SERIES, COUNTER, POD_SERIES
 from metrics.container_metrics import ContainerSample, PodSample, container_view
 
+
+def _descriptor(name: str, help_text: str, labels: tuple[str, ...]) -> Any:
+    return pb.MetricDescriptor(name=name, help=help_text, label_keys=labels)
+
+
 # Built once: the table is fixed, so every call answers the same message.
 DESCRIPTORS = pb.ListMetricDescriptorsResponse(
-    descriptors=[
-        pb.MetricDescriptor(name=series.name, help=series.help, label_keys=series.labels)
-        for series in CONTAINER_SERIES
-    ]
-    + [
-        pb.MetricDescriptor(name=series.name, help=series.help, label_keys=series.labels)
-        for series in POD_SERIES
-    ]
+    descriptors=[_descriptor(s.name, s.help, s.labels) for s in CONTAINER_SERIES]
+    + [_descriptor(s.name, s.help, s.labels) for s in POD_SERIES]
 )
 
 
-def _kind(kind: str) -> Any:
-    return pb.COUNTER if kind == COUNTER else pb.GAUGE
-
-
-def _value(value: float) -> Any:
-    return pb.UInt64Value(value=max(round(value), 0))
+def _metric(name: str, kind: str, labels: list[str], value: float) -> Any:
+    # Timestamp 0: the CRI's mark of a figure gathered live rather than from a cache.
+    return pb.Metric(
+        name=name,
+        metric_type=pb.COUNTER if kind == COUNTER else pb.GAUGE,
+        label_values=labels,
+        value=pb.UInt64Value(value=max(round(value), 0)),
+    )
 
 
 def pod_metrics_to_proto(
     sandbox_ids: list[str],
     containers: list[ContainerSample],
     pods: list[PodSample],
-    now_ns: int,
+    now_s: float,
 ) -> list[Any]:
     """One PodSandboxMetrics per listed sandbox; samples of others are left out."""
     by_pod = {i: pb.PodSandboxMetrics(pod_sandbox_id=i) for i in sandbox_ids}
     for pod in pods:
         if pod.sandbox_id not in by_pod:
             continue
-        for pod_series in POD_SERIES:
-            for interface in pod.interfaces:
-                by_pod[pod.sandbox_id].metrics.append(
-                    pb.Metric(
-                        name=pod_series.name,
-                        timestamp=now_ns,
-                        metric_type=_kind(pod_series.kind),
-                        label_values=[*pod.labels, interface.name],
-                        value=_value(pod_series.value(interface)),
-                    )
-                )
+        by_pod[pod.sandbox_id].metrics.extend(
+            _metric(
+                series.name, series.kind, [*pod.labels, interface.name], series.value(interface)
+            )
+            for series in POD_SERIES
+            for interface in pod.interfaces
+        )
     for sample in containers:
         if sample.sandbox_id not in by_pod:
             continue
-        view = container_view(sample, now_ns / 1e9)
+        view = container_view(sample, now_s)
         metrics = [
-            pb.Metric(
-                name=series.name,
-                timestamp=now_ns,
-                metric_type=_kind(series.kind),
-                label_values=[*sample.labels, *extra],
-                value=_value(value),
-            )
+            _metric(series.name, series.kind, [*sample.labels, *extra], value)
             for series in CONTAINER_SERIES
             for extra, value in series.values(view)
         ]

@@ -113,6 +113,8 @@ def test_every_descriptor_has_a_value_for_a_running_container(agent: Agent, imag
     for name, metrics in by_name.items():
         assert all(len(m.label_values) == len(described[name]) for m in metrics), name
     assert {m.name for m in mine.metrics} == set(NETWORK)
+    # Gathered live, which the CRI marks with timestamp 0.
+    assert {m.timestamp for m in [*container.metrics, *mine.metrics]} == {0}
 
     def one(name: str, **labels: str) -> int:
         keys = described[name]
