@@ -54,6 +54,10 @@ class KeyedLocks:
         self._locks: dict[str, asyncio.Lock] = {}
         self._users: dict[str, int] = {}
 
+    def users(self, key: str) -> int:
+        """How many callers hold or wait for key's lock."""
+        return self._users.get(key, 0)
+
     @contextlib.asynccontextmanager
     async def held(self, key: str) -> AsyncIterator[None]:
         lock = self._locks.setdefault(key, asyncio.Lock())

@@ -160,10 +160,3 @@ class FakeContainerHost(RecordingHost):
 
     def oom_kills(self, cgroup_path: str) -> int:
         return 1 if cgroup_path.rsplit("/", 1)[-1] in self.oom_killed else 0
-
-
-async def settle() -> None:
-    """Let every task that can make progress without the host run until it blocks: a
-    bounded number of loop turns, not a wait for time to pass."""
-    for _ in range(50):
-        await asyncio.sleep(0)

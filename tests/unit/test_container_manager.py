@@ -34,7 +34,7 @@ from runtime.state.container_store import ContainerStore
 from runtime.state.db import StateDB
 from runtime.state.sandbox_store import SandboxStore
 from tests.unit.builders import sandbox
-from tests.unit.fake_hosts import FakeContainerHost, settle
+from tests.unit.fake_hosts import FakeContainerHost
 from tests.waiting import wait_until_async
 
 POD = "a1b2c3"
@@ -353,10 +353,10 @@ async def test_a_failed_build_deletes_and_removes_the_files_then_drops_the_row(
 
     assert [step for step, _ in host.calls] == ["build", "delete", "remove_files"]
     assert rows_on_disk(db_path) == []
-    await settle()
-    assert events == []
     retried = await manager.create(POD, config(image_id))
     assert retried.state is ContainerState.CREATED
+    # The bus keeps order: had the failed create published anything, it would come first.
+    assert await kinds_of(events, 1) == [(EventKind.CREATED, retried.id)]
 
 
 async def test_a_create_the_runtime_refuses_is_a_runtime_failure_and_leaves_nothing(
@@ -443,7 +443,7 @@ async def test_a_remove_racing_a_start_waits_for_it_then_stops_the_container(
     start = asyncio.create_task(manager.start(created.id))
     await hold.reached.wait()
     remove = asyncio.create_task(manager.remove(created.id))
-    await settle()
+    assert await wait_until_async(lambda: manager._locks.users(created.id) == 2)
 
     hold.release()
     await asyncio.gather(start, remove)
@@ -465,7 +465,7 @@ async def test_two_stops_of_one_container_signal_it_once(
     first = asyncio.create_task(manager.stop(started.id, timeout_s=30))
     await hold.reached.wait()
     second = asyncio.create_task(manager.stop(started.id, timeout_s=30))
-    await settle()
+    assert await wait_until_async(lambda: manager._locks.users(started.id) == 2)
 
     hold.release()
     await asyncio.gather(first, second)

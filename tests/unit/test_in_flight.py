@@ -7,6 +7,7 @@ import asyncio
 import pytest
 
 from runtime.in_flight import InFlight, KeyedLocks
+from tests.waiting import wait_until_async
 
 
 async def test_a_cancelled_caller_leaves_the_work_running_and_drain_waits_for_it() -> None:
@@ -69,7 +70,7 @@ async def test_join_gives_a_second_caller_the_first_ones_result() -> None:
     first = asyncio.create_task(in_flight.join("busybox", lambda: pull("first")))
     second = asyncio.create_task(in_flight.join("busybox", lambda: pull("second")))
     other = asyncio.create_task(in_flight.join("alpine", lambda: pull("other")))
-    await asyncio.sleep(0)
+    assert await wait_until_async(lambda: len(started) == 2)
     release.set()
 
     assert [await first, await second, await other] == [
@@ -103,7 +104,7 @@ async def test_keyed_locks_serialise_one_key_and_leave_others_free() -> None:
     second = asyncio.create_task(waiter())
     async with locks.held("c2"):
         order.append("other key")
-    await asyncio.sleep(0)
+    assert await wait_until_async(lambda: locks.users("c1") == 2)
     release.set()
     await asyncio.gather(first, second)
 

@@ -25,7 +25,8 @@ from runtime.settings import RuntimeSettings
 from runtime.state.db import StateDB
 from runtime.state.sandbox_store import SandboxStore
 from tests.unit.builders import pod_config
-from tests.unit.fake_hosts import FakeSandboxHost, settle
+from tests.unit.fake_hosts import FakeSandboxHost
+from tests.waiting import wait_until_async
 
 
 @pytest.fixture
@@ -258,7 +259,7 @@ async def test_two_stops_of_one_pod_run_one_after_the_other(
     first = asyncio.create_task(manager.stop(pod.id))
     await hold.reached.wait()
     second = asyncio.create_task(manager.stop(pod.id))
-    await settle()
+    assert await wait_until_async(lambda: manager._locks.users(pod.id) == 2)
 
     hold.release()
     await asyncio.gather(first, second)
@@ -274,7 +275,7 @@ async def test_a_remove_waits_for_the_stop_under_way(
     stop = asyncio.create_task(manager.stop(pod.id))
     await hold.reached.wait()
     remove = asyncio.create_task(manager.remove(pod.id))
-    await settle()
+    assert await wait_until_async(lambda: manager._locks.users(pod.id) == 2)
 
     hold.release()
     await asyncio.gather(stop, remove)
