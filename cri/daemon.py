@@ -14,12 +14,12 @@ from pathlib import Path
 
 import grpc
 import structlog
-from cri_api.v1 import api_pb2_grpc
 
 from cri.config import Config, ConfigError
 from cri.image_service import ImageService
 from cri.interceptor import CallInterceptor
 from cri.metrics_wiring import AgentMetrics
+from cri.proto import api_pb2_grpc
 from cri.runtime_service import RuntimeService
 from cri.streaming.server import StreamingServer
 from network.errors import NetworkError
@@ -97,12 +97,10 @@ async def _serve_grpc(config: Config, runtime: Runtime) -> int:
         await streaming.start()
     except OSError as exc:
         raise ConfigError(f"streaming.address {config.streaming_address!r}: {exc}") from None
-    api_pb2_grpc.add_RuntimeServiceServicer_to_server(  # type: ignore[no-untyped-call]
+    api_pb2_grpc.add_RuntimeServiceServicer_to_server(
         RuntimeService(runtime, config, streaming), server
     )
-    api_pb2_grpc.add_ImageServiceServicer_to_server(  # type: ignore[no-untyped-call]
-        ImageService(runtime, config), server
-    )
+    api_pb2_grpc.add_ImageServiceServicer_to_server(ImageService(runtime, config), server)
     _claim_socket(config.socket)
     if server.add_insecure_port(f"unix://{config.socket}") == 0:
         raise ConfigError(f"cannot listen on {config.socket}")

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+
+import grpc
 
 from cri.config import Config
 from runtime.agent import Runtime
 
 if TYPE_CHECKING:
     from cri.streaming.server import StreamingServer
+
+# Handlers read no metadata and set no trailers: the interceptor maps errors to status codes.
+Context = grpc.aio.ServicerContext[Any, Any]
 
 
 class Handlers:

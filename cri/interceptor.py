@@ -8,7 +8,7 @@ import inspect
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeAlias, cast
 
 import grpc
 import structlog
@@ -16,7 +16,7 @@ from google.protobuf.message import DecodeError
 
 from cri.errors import DOMAIN_ERRORS, status_code_for
 from metrics.operations import record_cri_call
-from runtime.errors import InvalidArgument
+from runtime.errors import InvalidArgument, Unimplemented
 
 log = structlog.get_logger("moorage.cri")
 
@@ -32,7 +32,12 @@ _QUIET_PREFIXES = (
     "ContainerStatus",
 )
 
-UnaryBehavior = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
+if TYPE_CHECKING:
+    # Generic only in the type stubs, not at run time.
+    Context: TypeAlias = grpc.aio.ServicerContext[Any, Any]
+    Handler: TypeAlias = grpc.RpcMethodHandler[Any, Any]
+    UnaryBehavior: TypeAlias = Callable[[Any, Context], Awaitable[Any]]
+    StreamBehavior: TypeAlias = Callable[[Any, Context], Any]
 
 
 def _object_ids(message: Any) -> dict[str, str]:
@@ -44,33 +49,37 @@ def _object_ids(message: Any) -> dict[str, str]:
     return ids
 
 
-class CallInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+class CallInterceptor(grpc.aio.ServerInterceptor):
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler | None]],
         handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
+    ) -> Handler:
         handler = await continuation(handler_call_details)
-        if handler is None:
-            return None
         method = handler_call_details.method.rsplit("/", 1)[-1]
+        if handler is None:
+            # A method no servicer has (a newer CRI than the vendored proto): answered here,
+            # so it is logged and counted like any other call.
+            return grpc.unary_unary_rpc_method_handler(
+                self._unary(method, _unknown_method(handler_call_details.method))
+            )
         deserializer = _tolerant(handler.request_deserializer)
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
-                self._unary(method, handler.unary_unary),
+                self._unary(method, cast("UnaryBehavior", handler.unary_unary)),
                 request_deserializer=deserializer,
                 response_serializer=handler.response_serializer,
             )
         if handler.unary_stream is not None:
             return grpc.unary_stream_rpc_method_handler(
-                self._stream(method, handler.unary_stream),
+                self._stream(method, cast("StreamBehavior", handler.unary_stream)),
                 request_deserializer=deserializer,
                 response_serializer=handler.response_serializer,
             )
         return handler
 
     def _unary(self, method: str, inner: UnaryBehavior) -> UnaryBehavior:
-        async def behavior(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        async def behavior(request: Any, context: Context) -> Any:
             started = time.perf_counter()
             ids = _object_ids(request)
             try:
@@ -90,9 +99,9 @@ class CallInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         return behavior
 
     def _stream(
-        self, method: str, inner: Callable[[Any, grpc.aio.ServicerContext], Any]
-    ) -> Callable[[Any, grpc.aio.ServicerContext], AsyncIterator[Any]]:
-        async def behavior(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        self, method: str, inner: StreamBehavior
+    ) -> Callable[[Any, Context], AsyncIterator[Any]]:
+        async def behavior(request: Any, context: Context) -> AsyncIterator[Any]:
             started = time.perf_counter()
             ids = _object_ids(request)
             try:
@@ -115,6 +124,13 @@ class CallInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             await context.abort(code, message)
 
         return behavior
+
+
+def _unknown_method(full_name: str) -> UnaryBehavior:
+    async def unknown(request: Any, context: Context) -> Any:
+        raise Unimplemented(f"{full_name.lstrip('/')} is not implemented by moorage")
+
+    return unknown
 
 
 @dataclass(frozen=True)

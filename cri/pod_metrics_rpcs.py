@@ -1,20 +1,19 @@
-"""ListMetricDescriptors and ListPodSandboxMetrics: the cAdvisor figures over the CRI, for
-kubelets that take them from the runtime instead of cAdvisor. Both read the same snapshot and
-table the Prometheus endpoint serves, so the two agree."""
+"""ListMetricDescriptors, ListPodSandboxMetrics and StreamPodSandboxMetrics: the cAdvisor
+figures over the CRI, for kubelets that take them from the runtime instead of cAdvisor. All
+read the same snapshot and table the Prometheus endpoint serves, so they agree."""
 
 from __future__ import annotations
 
 import asyncio
 import functools
 import time
-from typing import Any
-
-import grpc
-from cri_api.v1 import api_pb2 as pb
+from collections.abc import AsyncIterator
 
 from cri.convert import metrics as convert
-from cri.handlers import Handlers
+from cri.handlers import Context, Handlers
 from cri.metrics_wiring import MetricsSnapshot, cgroup_reader
+from cri.paging import pages
+from cri.proto import api_pb2 as pb
 
 
 class PodMetricsRpcs(Handlers):
@@ -23,12 +22,23 @@ class PodMetricsRpcs(Handlers):
         # One reader per servicer: it probes the hierarchies once and logs a bad file once.
         return MetricsSnapshot(self.runtime, cgroup_reader(self.runtime))
 
-    async def ListMetricDescriptors(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def ListMetricDescriptors(
+        self, request: pb.ListMetricDescriptorsRequest, context: Context
+    ) -> pb.ListMetricDescriptorsResponse:
         return convert.DESCRIPTORS
 
-    async def ListPodSandboxMetrics(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def ListPodSandboxMetrics(
+        self, request: pb.ListPodSandboxMetricsRequest, context: Context
+    ) -> pb.ListPodSandboxMetricsResponse:
+        return pb.ListPodSandboxMetricsResponse(pod_metrics=await self._pod_metrics())
+
+    async def StreamPodSandboxMetrics(
+        self, request: pb.StreamPodSandboxMetricsRequest, context: Context
+    ) -> AsyncIterator[pb.StreamPodSandboxMetricsResponse]:
+        for page in pages(await self._pod_metrics()):
+            yield pb.StreamPodSandboxMetricsResponse(pod_sandbox_metrics=page)
+
+    async def _pod_metrics(self) -> list[pb.PodSandboxMetrics]:
         containers, pods = await asyncio.to_thread(self._snapshot)
         sandbox_ids = [s.id for s in self.runtime.sandboxes.select()]
-        return pb.ListPodSandboxMetricsResponse(
-            pod_metrics=convert.pod_metrics_to_proto(sandbox_ids, containers, pods, time.time())
-        )
+        return convert.pod_metrics_to_proto(sandbox_ids, containers, pods, time.time())

@@ -5,14 +5,11 @@ from __future__ import annotations
 import functools
 import json
 from importlib.metadata import PackageNotFoundError, version
-from typing import Any
-
-import grpc
-from cri_api.v1 import api_pb2 as pb
 
 from cri.config import config_as_dict
 from cri.convert import runtime_status as convert
-from cri.handlers import Handlers
+from cri.handlers import Context, Handlers
+from cri.proto import api_pb2 as pb
 
 RUNTIME_NAME = "moorage"
 CRI_API_VERSION = "v1"
@@ -29,7 +26,7 @@ def agent_version() -> str:
 
 
 class RuntimeInfoRpcs(Handlers):
-    async def Version(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def Version(self, request: pb.VersionRequest, context: Context) -> pb.VersionResponse:
         return pb.VersionResponse(
             version=CRI_API_VERSION_LEGACY,
             runtime_name=RUNTIME_NAME,
@@ -37,7 +34,7 @@ class RuntimeInfoRpcs(Handlers):
             runtime_api_version=CRI_API_VERSION,
         )
 
-    async def Status(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def Status(self, request: pb.StatusRequest, context: Context) -> pb.StatusResponse:
         status = self.runtime.status()
         conditions = [
             convert.condition_to_proto("RuntimeReady", status.runtime),
@@ -56,10 +53,14 @@ class RuntimeInfoRpcs(Handlers):
             features=pb.RuntimeFeatures(supplemental_groups_policy=True),
         )
 
-    async def RuntimeConfig(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def RuntimeConfig(
+        self, request: pb.RuntimeConfigRequest, context: Context
+    ) -> pb.RuntimeConfigResponse:
         driver = convert.cgroup_driver_to_proto(self.runtime.settings.cgroup_driver)
         return pb.RuntimeConfigResponse(linux=pb.LinuxRuntimeConfiguration(cgroup_driver=driver))
 
-    async def UpdateRuntimeConfig(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def UpdateRuntimeConfig(
+        self, request: pb.UpdateRuntimeConfigRequest, context: Context
+    ) -> pb.UpdateRuntimeConfigResponse:
         self.runtime.set_pod_cidr(request.runtime_config.network_config.pod_cidr)
         return pb.UpdateRuntimeConfigResponse()

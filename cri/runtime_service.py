@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from cri.container_rpcs import ContainerRpcs
 from cri.pod_metrics_rpcs import PodMetricsRpcs
+from cri.proto import api_pb2_grpc
 from cri.runtime_info import RuntimeInfoRpcs
 from cri.sandbox_rpcs import PodSandboxRpcs
 from cri.stats_rpcs import StatsRpcs
 from cri.streaming_rpcs import StreamingRpcs
-from cri.unimplemented import UnimplementedFallback
+from cri.unimplemented import CheckpointRpcs
 
 
 class RuntimeService(
@@ -18,6 +19,7 @@ class RuntimeService(
     StatsRpcs,
     StreamingRpcs,
     PodMetricsRpcs,
-    UnimplementedFallback,
+    CheckpointRpcs,
+    api_pb2_grpc.RuntimeServiceServicer,
 ):
-    service_name = "runtime.v1.RuntimeService"
+    pass

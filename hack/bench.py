@@ -28,10 +28,10 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from cri_api.v1 import api_pb2 as pb
-from cri_api.v1 import api_pb2_grpc
 
 from cri.logging import configure_logging
+from cri.proto import api_pb2 as pb
+from cri.proto import api_pb2_grpc
 from hack.bench_containers import bench_containers
 from hack.bench_host import bench_cgroup_reads, bench_conmon
 from hack.bench_streaming import bench_streaming
@@ -119,7 +119,7 @@ def wait_for_socket(socket: Path, proc: subprocess.Popen[bytes]) -> None:
             sys.exit(f"agent exited with {proc.returncode}")
         if socket.exists():
             channel = grpc.insecure_channel(f"unix://{socket}")
-            stub = api_pb2_grpc.RuntimeServiceStub(channel)  # type: ignore[no-untyped-call]
+            stub = api_pb2_grpc.RuntimeServiceStub(channel)
             with contextlib.suppress(grpc.RpcError):
                 stub.Version(pb.VersionRequest(), timeout=1)
                 return
@@ -277,7 +277,7 @@ def _random_file(archive: tarfile.TarFile, name: str) -> None:
 def bench_images(socket: Path, timings: Timings) -> list[str]:
     """Cold pull + unpack of a ~100 MB image, then lookups with 50 images in the store."""
     channel = grpc.insecure_channel(f"unix://{socket}")
-    images = api_pb2_grpc.ImageServiceStub(channel)  # type: ignore[no-untyped-call]
+    images = api_pb2_grpc.ImageServiceStub(channel)
     registry = start_registry()
     notes = []
     try:
@@ -332,7 +332,7 @@ def main() -> int:
         else:
             socket, agent_pid = stack.enter_context(own_agent())
         channel = grpc.insecure_channel(f"unix://{socket}")
-        stub = api_pb2_grpc.RuntimeServiceStub(channel)  # type: ignore[no-untyped-call]
+        stub = api_pb2_grpc.RuntimeServiceStub(channel)
         timings = Timings()
         for _ in range(20):
             timings.time("Version", stub.Version, pb.VersionRequest())

@@ -14,9 +14,9 @@ from typing import Any, Protocol
 
 import grpc
 import httpx
-from cri_api.v1 import api_pb2 as pb
-from cri_api.v1 import api_pb2_grpc
 
+from cri.proto import api_pb2 as pb
+from cri.proto import api_pb2_grpc
 from hack.bench_contract import bench_contract
 from tests.images_build import build_all
 from tests.registry_fixture import push, start_registry
@@ -97,8 +97,8 @@ def bench_containers(  # noqa: PLR0917
     """marker is in every conmon's argv (the agent's root dir)."""
     record = timings.time
     channel = grpc.insecure_channel(f"unix://{socket}")
-    runtime = api_pb2_grpc.RuntimeServiceStub(channel)  # type: ignore[no-untyped-call]
-    images = api_pb2_grpc.ImageServiceStub(channel)  # type: ignore[no-untyped-call]
+    runtime = api_pb2_grpc.RuntimeServiceStub(channel)
+    images = api_pb2_grpc.ImageServiceStub(channel)
     notes = []
     with pulled_test_image(images) as image:
         started = time.perf_counter()

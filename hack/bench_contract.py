@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import grpc
-from cri_api.v1 import api_pb2 as pb
+
+from cri.proto import api_pb2 as pb
 
 if TYPE_CHECKING:
     # bench_containers calls this module: the protocol is only needed for the types.

@@ -9,9 +9,9 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import grpc
-from cri_api.v1 import api_pb2 as pb
-from cri_api.v1 import api_pb2_grpc
 
+from cri.proto import api_pb2 as pb
+from cri.proto import api_pb2_grpc
 from hack.bench_containers import Timings, pulled_test_image
 from tests.streaming.spdy_client import connect
 from tests.streaming.ws_client import ChannelClient, WsClient
@@ -22,8 +22,8 @@ FORWARD_PORT = 8090
 
 def bench_streaming(socket: Path, n: int, timings: Timings) -> list[str]:
     channel = grpc.insecure_channel(f"unix://{socket}")
-    runtime = api_pb2_grpc.RuntimeServiceStub(channel)  # type: ignore[no-untyped-call]
-    images = api_pb2_grpc.ImageServiceStub(channel)  # type: ignore[no-untyped-call]
+    runtime = api_pb2_grpc.RuntimeServiceStub(channel)
+    images = api_pb2_grpc.ImageServiceStub(channel)
     with pulled_test_image(images) as image:
         uid = uuid.uuid4().hex
         pod_config = pb.PodSandboxConfig(

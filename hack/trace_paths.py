@@ -17,9 +17,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import grpc
-from cri_api.v1 import api_pb2 as pb
-from cri_api.v1 import api_pb2_grpc
 
+from cri.proto import api_pb2 as pb
+from cri.proto import api_pb2_grpc
 from hack.bench import REPO, own_agent, sandbox_config
 from hack.bench_containers import pulled_test_image
 
@@ -76,8 +76,8 @@ def main() -> int:
     launcher = [REPO / ".venv/bin/python", REPO / "hack/traced_agent.py"]
     with own_agent(launcher, {"MOORAGE_TRACE_FILE": str(trace)}) as (socket, pid):
         channel = grpc.insecure_channel(f"unix://{socket}")
-        runtime = api_pb2_grpc.RuntimeServiceStub(channel)  # type: ignore[no-untyped-call]
-        images = api_pb2_grpc.ImageServiceStub(channel)  # type: ignore[no-untyped-call]
+        runtime = api_pb2_grpc.RuntimeServiceStub(channel)
+        images = api_pb2_grpc.ImageServiceStub(channel)
         with pulled_test_image(images) as image:
             pod_config = sandbox_config(pb.CONTAINER)
             recorded(pid, trace)

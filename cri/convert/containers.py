@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from cri_api.v1 import api_pb2 as pb
-
 from cri.convert.mounts import device_from_proto, mount_from_proto, mounts_to_proto
 from cri.convert.resources import resources_from_proto, resources_to_proto
 from cri.convert.sandboxes import sandbox_status_to_proto
 from cri.convert.security import container_security_from_proto
+from cri.convert.signals import stop_signal_from_proto, stop_signal_to_proto
+from cri.proto import api_pb2 as pb
 from runtime.containers.events import ContainerEvent, EventKind
 from runtime.containers.model import Container, ContainerConfig, ContainerState
 from runtime.errors import InvalidArgument
@@ -55,9 +55,6 @@ def container_config_from_proto(request: Any) -> ContainerConfig:
     if not config.HasField("metadata") or not config.metadata.name:
         raise InvalidArgument("config.metadata.name is empty")
     linux = config.linux
-    stop_signal = ""
-    if config.stop_signal != pb.RUNTIME_DEFAULT:
-        stop_signal = pb.Signal.Name(config.stop_signal)
     return ContainerConfig(
         name=config.metadata.name,
         attempt=config.metadata.attempt,
@@ -65,7 +62,8 @@ def container_config_from_proto(request: Any) -> ContainerConfig:
         command=list(config.command),
         args=list(config.args),
         working_dir=config.working_dir,
-        envs={kv.key: kv.value for kv in config.envs},
+        # KeyValue.value is bytes: a value that is not UTF-8 keeps its bytes as surrogates.
+        envs={kv.key: kv.value.decode(errors="surrogateescape") for kv in config.envs},
         labels=dict(config.labels),
         annotations=dict(config.annotations),
         mounts=[mount_from_proto(i, m) for i, m in enumerate(config.mounts)],
@@ -74,7 +72,7 @@ def container_config_from_proto(request: Any) -> ContainerConfig:
         stdin=config.stdin,
         stdin_once=config.stdin_once,
         tty=config.tty,
-        stop_signal=stop_signal,
+        stop_signal=stop_signal_from_proto(config.stop_signal),
         resources=resources_from_proto(linux.resources),
         security=container_security_from_proto(linux.security_context),
     )
@@ -101,9 +99,6 @@ def container_to_proto(container: Container) -> Any:
 
 def container_status_to_proto(container: Container) -> Any:
     user = container.user
-    stop_signal = pb.RUNTIME_DEFAULT
-    if container.stop_signal in pb.Signal.keys():  # noqa: SIM118  (an enum wrapper, not a dict)
-        stop_signal = pb.Signal.Value(container.stop_signal)
     return pb.ContainerStatus(
         id=container.id,
         metadata=metadata_to_proto(container),
@@ -129,7 +124,7 @@ def container_status_to_proto(container: Container) -> Any:
         )
         if user
         else None,
-        stop_signal=stop_signal,
+        stop_signal=stop_signal_to_proto(container.stop_signal),
     )
 
 

@@ -9,8 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from cri_api.v1 import api_pb2 as pb
-
+from cri.proto import api_pb2 as pb
 from metrics.cadvisor_series import CONTAINER_SERIES, COUNTER, POD_SERIES
 from metrics.container_metrics import ContainerSample, PodSample, container_view
 
@@ -41,7 +40,7 @@ def pod_metrics_to_proto(
     containers: list[ContainerSample],
     pods: list[PodSample],
     now_s: float,
-) -> list[Any]:
+) -> list[pb.PodSandboxMetrics]:
     """One PodSandboxMetrics per listed sandbox; samples of others are left out."""
     by_pod = {i: pb.PodSandboxMetrics(pod_sandbox_id=i) for i in sandbox_ids}
     for pod in pods:

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from cri_api.v1 import api_pb2 as pb
-
 from cri.convert.enums import enum_value
 from cri.convert.userns import mount_mappings
+from cri.proto import api_pb2 as pb
 from runtime.containers.model import Container, Device, Mount, Propagation
 from runtime.errors import InvalidArgument
 

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from cri_api.v1 import api_pb2 as pb
-
+from cri.proto import api_pb2 as pb
 from runtime.containers.model import Resources
 from runtime.errors import InvalidArgument
 

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from cri_api.v1 import api_pb2 as pb
-
 from cri.convert.enums import enum_value
 from cri.convert.userns import user_namespace
+from cri.proto import api_pb2 as pb
 from runtime.containers.model import ContainerSecurity, Seccomp, SeccompKind
 from runtime.errors import InvalidArgument
 from runtime.pods.model import NamespaceMode, NamespaceOptions

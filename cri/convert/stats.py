@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from cri_api.v1 import api_pb2 as pb
-
 from cri.convert import containers, sandboxes
+from cri.proto import api_pb2 as pb
 from cri.stats_source import ContainerFigures, PodFigures
 from metrics.model import CgroupStats, InterfaceStats
 

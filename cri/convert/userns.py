@@ -9,8 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from cri_api.v1 import api_pb2 as pb
-
+from cri.proto import api_pb2 as pb
 from runtime.errors import InvalidArgument, Unimplemented
 from runtime.pods.model import IdMapping, UserNamespace
 

@@ -4,6 +4,7 @@ resolved user and the OCI spec in the bundle. Blocking; a failure leaves no file
 from __future__ import annotations
 
 import os
+import re
 import signal
 from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
@@ -270,9 +271,12 @@ def log_path(sandbox: Sandbox, config: ContainerConfig) -> str:
     return os.path.join(sandbox.config.log_directory, config.log_path)
 
 
+_REALTIME = re.compile(r"SIGRT(MIN|MAX)(?:([+-]|PLUS|MINUS)(\d+))?$")
+
+
 def signal_number(name: str) -> int:
-    """A StopSignal as images and the CRI write it ("SIGINT", "INT", "2"); SIGTERM if unset
-    or unknown."""
+    """A StopSignal as images write it ("SIGINT", "INT", "2", "SIGRTMIN+3"), or as agents
+    before the CRI's enum rename stored it ("SIGRTMINPLUS3"); SIGTERM if unset or unknown."""
     if not name:
         return signal.SIGTERM
     text = name.upper()
@@ -280,6 +284,11 @@ def signal_number(name: str) -> int:
         return int(text)
     if not text.startswith("SIG"):
         text = "SIG" + text
+    realtime = _REALTIME.match(text)
+    if realtime:
+        base = signal.SIGRTMIN if realtime[1] == "MIN" else signal.SIGRTMAX
+        offset = int(realtime[3] or 0)
+        return int(base + offset if realtime[2] in ("+", "PLUS") else base - offset)
     try:
         return int(signal.Signals[text])
     except KeyError:

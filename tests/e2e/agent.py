@@ -21,9 +21,9 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from cri_api.v1 import api_pb2 as pb
-from cri_api.v1 import api_pb2_grpc
 
+from cri.proto import api_pb2 as pb
+from cri.proto import api_pb2_grpc
 from network.bridge import delete_link, pod_veths_on
 from network.errors import NetworkError
 from network.iptables import PodRules
@@ -176,8 +176,8 @@ class Agent:
     def _connect(self) -> None:
         self._disconnect()
         self._channel = grpc.insecure_channel(f"unix://{self.socket}", options=_CHANNEL_OPTIONS)
-        self.runtime = api_pb2_grpc.RuntimeServiceStub(self._channel)  # type: ignore[no-untyped-call]
-        self.images = api_pb2_grpc.ImageServiceStub(self._channel)  # type: ignore[no-untyped-call]
+        self.runtime = api_pb2_grpc.RuntimeServiceStub(self._channel)
+        self.images = api_pb2_grpc.ImageServiceStub(self._channel)
 
     def runtime_channel(self) -> Any:
         """The agent's gRPC channel, for calls the generated stubs cannot make."""

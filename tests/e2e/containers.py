@@ -7,8 +7,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cri_api.v1 import api_pb2 as pb
 
+from cri.proto import api_pb2 as pb
 from tests.e2e.agent import RPC_TIMEOUT_S, Agent
 from tests.e2e.pods import pod_config
 from tests.registry_fixture import REPO_PREFIX, LocalRegistry

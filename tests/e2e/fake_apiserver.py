@@ -21,8 +21,8 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import grpc
-from cri_api.v1 import api_pb2 as pb
 
+from cri.proto import api_pb2 as pb
 from tests.e2e.agent import RPC_TIMEOUT_S, Agent
 
 MAX_HEAD_BYTES = 64 * 1024

@@ -9,7 +9,8 @@ from typing import Any
 
 import grpc
 import pytest
-from cri_api.v1 import api_pb2 as pb
+
+from cri.proto import api_pb2 as pb
 
 
 def pod_config(

@@ -12,8 +12,8 @@ from typing import Any
 
 import grpc
 import pytest
-from cri_api.v1 import api_pb2 as pb
 
+from cri.proto import api_pb2 as pb
 from network.bridge import delete_link
 from tests.cni_plugins import remove_plugin_rules, rule_marker, standard_plugins
 from tests.e2e.agent import Agent, AgentFactory

@@ -8,8 +8,7 @@ import os
 import signal
 from pathlib import Path
 
-from cri_api.v1 import api_pb2 as pb
-
+from cri.proto import api_pb2 as pb
 from tests.e2e.agent import Agent
 from tests.e2e.containers import (
     Pod,

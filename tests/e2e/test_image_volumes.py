@@ -6,8 +6,8 @@ from typing import Any
 
 import grpc
 import pytest
-from cri_api.v1 import api_pb2 as pb
 
+from cri.proto import api_pb2 as pb
 from tests.e2e.agent import Agent
 from tests.e2e.containers import (
     Pod,

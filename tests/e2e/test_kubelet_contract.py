@@ -11,8 +11,8 @@ from pathlib import Path
 
 import grpc
 import pytest
-from cri_api.v1 import api_pb2 as pb
 
+from cri.proto import api_pb2 as pb
 from tests.e2e.agent import RPC_TIMEOUT_S, Agent
 from tests.e2e.containers import (
     Pod,

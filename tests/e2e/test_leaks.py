@@ -7,8 +7,8 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import grpc
-from cri_api.v1 import api_pb2 as pb
 
+from cri.proto import api_pb2 as pb
 from tests.e2e.agent import Agent
 from tests.e2e.kernel import ProcessId, is_alive, process_id
 from tests.e2e.pods import assert_rpc_error, pod_config, rpc_error

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import httpx
 import pytest
-from cri_api.v1 import api_pb2 as pb
 from prometheus_client.parser import text_string_to_metric_families
 
+from cri.proto import api_pb2 as pb
 from tests.e2e.agent import Agent
 from tests.e2e.containers import Pod, container_config, pulled
 from tests.registry_fixture import LocalRegistry

@@ -12,8 +12,8 @@ from typing import Any
 
 import grpc
 import pytest
-from cri_api.v1 import api_pb2 as pb
 
+from cri.proto import api_pb2 as pb
 from tests.e2e.agent import MOORAGE, Agent, AgentFactory
 from tests.e2e.kernel import (
     ProcessId,

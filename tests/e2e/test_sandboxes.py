@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from cri_api.v1 import api_pb2 as pb
 
+from cri.proto import api_pb2 as pb
 from tests.e2e.agent import Agent
 from tests.e2e.kernel import (
     CGROUP_FS,

@@ -11,8 +11,8 @@ from typing import Any
 
 import grpc
 import pytest
-from cri_api.v1 import api_pb2 as pb
 
+from cri.proto import api_pb2 as pb
 from tests.e2e.agent import Agent
 from tests.e2e.containers import Pod, container_config, exec_sync, pulled, status
 from tests.e2e.pods import assert_rpc_error

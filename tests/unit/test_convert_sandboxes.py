@@ -5,7 +5,6 @@ from dataclasses import replace
 from typing import Any
 
 import pytest
-from cri_api.v1 import api_pb2 as pb
 
 from cri.convert.filters import sandbox_filter_from_proto
 from cri.convert.info import verbose_info
@@ -14,6 +13,7 @@ from cri.convert.sandboxes import (
     sandbox_status_to_proto,
     sandbox_to_proto,
 )
+from cri.proto import api_pb2 as pb
 from runtime.errors import InvalidArgument
 from runtime.pods.model import (
     DnsConfig,

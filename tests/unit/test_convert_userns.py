@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from cri_api.v1 import api_pb2 as pb
 
 from cri.convert.userns import mount_mappings, user_namespace
+from cri.proto import api_pb2 as pb
 from runtime.errors import InvalidArgument, Unimplemented
 from runtime.pods.model import IdMapping, UserNamespace
 

@@ -6,9 +6,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from cri_api.v1 import api_pb2 as pb
-
 from cri.config import Config, render_config
+from cri.proto import api_pb2 as pb
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 
