@@ -24,6 +24,7 @@ _ID_FIELDS = ("pod_sandbox_id", "container_id")
 # Polled every second by kubelet: logged at debug so info stays readable.
 _QUIET_PREFIXES = (
     "List",
+    "Stream",
     "Version",
     "Status",
     "ImageFsInfo",
@@ -110,9 +111,16 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
                 if inspect.isawaitable(produced):
                     await produced
                 else:
-                    async for item in produced:
-                        yield item
-            except asyncio.CancelledError:
+                    try:
+                        async for item in produced:
+                            yield item
+                    finally:
+                        # Closed now, not when the collector gets to it: its reads and
+                        # buffers go with the call.
+                        await produced.aclose()
+            except (asyncio.CancelledError, GeneratorExit):
+                # A client that cancels while the handler waits to send reaches it as
+                # GeneratorExit: gRPC closes the generator instead of cancelling a task.
                 _finish(method, grpc.StatusCode.CANCELLED, started, ids, "client went away")
                 raise
             except Exception as exc:
