@@ -22,6 +22,8 @@ from tests.images_build import build_all
 from tests.registry_fixture import push, start_registry
 
 CONTAINERS_FOR_LIST = 100
+# ListContainers against StreamContainers: the kubelet streams once a node is this big.
+CONTAINERS_FOR_STREAM = 300
 
 
 def _pod_config() -> Any:
@@ -253,6 +255,7 @@ def bench_containers(  # noqa: PLR0917
             )
         conmons = _conmon_pids(marker)
         conmon_kb = [_rss_kb(pid) for pid in conmons]
+        bench_list_forms(runtime, first_pod, pod_config, image, record)
         notes.append(
             f"agent RSS before the 100 containers {idle_kb / 1024:.1f} MB, with "
             f"{CONTAINERS_FOR_LIST} running {_rss_kb(agent_pid) / 1024:.1f} MB; "
@@ -262,3 +265,32 @@ def bench_containers(  # noqa: PLR0917
         runtime.StopPodSandbox(pb.StopPodSandboxRequest(pod_sandbox_id=first_pod))
         runtime.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=first_pod))
     return notes
+
+
+def bench_list_forms(
+    runtime: Any, pod_id: str, pod_config: Any, image: str, record: Callable[..., Any]
+) -> None:
+    """Both list forms over CONTAINERS_FOR_STREAM containers (the 100 running plus created
+    ones), the stream read to its end."""
+    listing = pb.ListContainersRequest()
+    present = len(runtime.ListContainers(listing).containers)
+    for _ in range(CONTAINERS_FOR_STREAM - present):
+        runtime.CreateContainer(
+            pb.CreateContainerRequest(
+                pod_sandbox_id=pod_id,
+                config=_container(image, ["sleep", "3600"]),
+                sandbox_config=pod_config,
+            )
+        )
+    streaming = pb.StreamContainersRequest()
+
+    def stream_all(request: Any) -> int:
+        return sum(len(page.containers) for page in runtime.StreamContainers(request))
+
+    assert len(runtime.ListContainers(listing).containers) == CONTAINERS_FOR_STREAM
+    assert stream_all(streaming) == CONTAINERS_FOR_STREAM
+    for _ in range(100):
+        record(
+            f"ListContainers ({CONTAINERS_FOR_STREAM} containers)", runtime.ListContainers, listing
+        )
+        record(f"StreamContainers ({CONTAINERS_FOR_STREAM} containers)", stream_all, streaming)
