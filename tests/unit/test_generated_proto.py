@@ -3,7 +3,9 @@ the upstream file the README says it is."""
 
 from __future__ import annotations
 
+import re
 import subprocess
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -33,3 +35,26 @@ def test_regenerating_the_stubs_changes_nothing(regenerated: Path, name: str) ->
 def test_the_generated_modules_are_the_ones_imported() -> None:
     assert Path(api_pb2.__file__).parent == PROTO_DIR
     assert api_pb2.DESCRIPTOR.package == "runtime.v1"
+
+
+def _floor(requirement_prefix: str) -> tuple[int, ...]:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    (spec,) = [d for d in project["dependencies"] if d.startswith(requirement_prefix + ">=")]
+    found = re.match(rf"{requirement_prefix}>=([\d.]+)", spec)
+    assert found, spec
+    return tuple(int(part) for part in found[1].split("."))
+
+
+def test_the_runtime_pins_admit_no_release_older_than_the_generated_code_needs() -> None:
+    gencode = re.search(
+        r"ValidateProtobufRuntimeVersion\(\s*_runtime_version\.Domain\.PUBLIC,\s*"
+        r"(\d+),\s*(\d+),\s*(\d+),",
+        (PROTO_DIR / "api_pb2.py").read_text(),
+    )
+    grpc_gencode = re.search(
+        r"GRPC_GENERATED_VERSION = '([\d.]+)'", (PROTO_DIR / "api_pb2_grpc.py").read_text()
+    )
+    assert gencode and grpc_gencode
+
+    assert _floor("protobuf") >= tuple(int(part) for part in gencode.groups())
+    assert _floor("grpcio") >= tuple(int(part) for part in grpc_gencode[1].split("."))
