@@ -7,14 +7,12 @@ has (an unlimited open-files limit, -1) goes out as 0.
 
 from __future__ import annotations
 
-from typing import Any
-
 from cri.proto import api_pb2 as pb
 from metrics.cadvisor_series import CONTAINER_SERIES, COUNTER, POD_SERIES
 from metrics.container_metrics import ContainerSample, PodSample, container_view
 
 
-def _descriptor(name: str, help_text: str, labels: tuple[str, ...]) -> Any:
+def _descriptor(name: str, help_text: str, labels: tuple[str, ...]) -> pb.MetricDescriptor:
     return pb.MetricDescriptor(name=name, help=help_text, label_keys=labels)
 
 
@@ -25,7 +23,7 @@ DESCRIPTORS = pb.ListMetricDescriptorsResponse(
 )
 
 
-def _metric(name: str, kind: str, labels: list[str], value: float) -> Any:
+def _metric(name: str, kind: str, labels: list[str], value: float) -> pb.Metric:
     # Timestamp 0: the CRI's mark of a figure gathered live rather than from a cache.
     return pb.Metric(
         name=name,

@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from cri.convert import containers, sandboxes
 from cri.proto import api_pb2 as pb
 from cri.stats_source import ContainerFigures, PodFigures
 from metrics.model import CgroupStats, InterfaceStats
 
 
-def _u64(value: int | None) -> Any:
+def _u64(value: int | None) -> pb.UInt64Value | None:
     return None if value is None else pb.UInt64Value(value=max(value, 0))
 
 
-def _cpu(stats: CgroupStats | None, nano_cores: int | None, timestamp: int) -> Any:
+def _cpu(stats: CgroupStats | None, nano_cores: int | None, timestamp: int) -> pb.CpuUsage | None:
     if stats is None:
         return None
     return pb.CpuUsage(
@@ -24,7 +22,7 @@ def _cpu(stats: CgroupStats | None, nano_cores: int | None, timestamp: int) -> A
     )
 
 
-def _memory(stats: CgroupStats | None, timestamp: int) -> Any:
+def _memory(stats: CgroupStats | None, timestamp: int) -> pb.MemoryUsage | None:
     if stats is None:
         return None
     memory = stats.memory
@@ -42,7 +40,7 @@ def _memory(stats: CgroupStats | None, timestamp: int) -> Any:
     )
 
 
-def container_stats_to_proto(figures: ContainerFigures, writable_root: str) -> Any:
+def container_stats_to_proto(figures: ContainerFigures, writable_root: str) -> pb.ContainerStats:
     container = figures.container
     layer = figures.layer
     stats = figures.stats
@@ -71,7 +69,7 @@ def container_stats_to_proto(figures: ContainerFigures, writable_root: str) -> A
     )
 
 
-def _interface(stats: InterfaceStats) -> Any:
+def _interface(stats: InterfaceStats) -> pb.NetworkInterfaceUsage:
     return pb.NetworkInterfaceUsage(
         name=stats.name,
         rx_bytes=_u64(stats.rx_bytes),
@@ -81,7 +79,7 @@ def _interface(stats: InterfaceStats) -> Any:
     )
 
 
-def pod_stats_to_proto(figures: PodFigures, writable_root: str) -> Any:
+def pod_stats_to_proto(figures: PodFigures, writable_root: str) -> pb.PodSandboxStats:
     sandbox = figures.sandbox
     stats = figures.stats
     interfaces = [_interface(i) for i in figures.interfaces]
