@@ -46,6 +46,7 @@ _TOP_DOCS = {
 _RUNTIME_DOCS = {
     "default_handler": "OCI runtime handler used when RunPodSandbox names none",
     "conmon_path": "conmon binary that supervises each container",
+    "env_exec_path": "static helper that starts containers with non-UTF-8 env values",
     "seccomp_profile": "profile applied for seccomp RuntimeDefault",
     "cgroup_driver": "cgroupfs, or systemd where the host runs systemd",
     "default_cgroup_parent": "cgroup parent for pods that set no linux.cgroup_parent",

@@ -40,6 +40,8 @@ class RuntimeSettings:
         }
     )
     conmon_path: Path = Path("/usr/bin/conmon")
+    # Bound into containers whose env has non-UTF-8 values (runtime/oci/env_exec.py).
+    env_exec_path: Path = Path("/usr/local/libexec/moorage/env-exec")
     seccomp_profile: Path = Path("/usr/share/containers/seccomp.json")
     # For containers whose request names no seccomp profile: the CRI's Unconfined, or
     # RuntimeDefault on nodes that want every container filtered.

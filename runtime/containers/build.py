@@ -30,6 +30,7 @@ from runtime.containers.overlay import bind_staged, mount_overlay
 from runtime.containers.resource_limits import check_resources
 from runtime.errors import FailedPrecondition, InvalidArgument, NotFound
 from runtime.host.cgroups import CgroupLayout
+from runtime.oci.env_exec import deliver_raw_env
 from runtime.oci.seccomp import load_profile
 from runtime.oci.seccomp_bpf import SeccompFilters
 from runtime.oci.spec import SpecInputs, build_spec, prepare_mount_sources
@@ -98,6 +99,8 @@ class ContainerBuilder:
                 mounts=config.mounts,
                 image=config.image,
             )
+            # After the check: it looks for the command itself, not for env-exec before it.
+            deliver_raw_env(spec, self.settings.env_exec_path)
             if filters is not None:
                 filters.annotate(spec)
             write_spec(paths, spec)

@@ -13,6 +13,7 @@ from typing import Any
 
 from runtime.containers.overlay import mount_overlay, unmount
 from runtime.layout import ContainerPaths
+from runtime.oci.env_exec import with_command
 from runtime.pods.model import UserNamespace
 
 
@@ -75,7 +76,7 @@ def exec_process_spec(
 ) -> dict[str, Any]:
     """The container's own process settings (user, env, capabilities...) running command."""
     process = dict(read_spec(paths)["process"])
-    process["args"] = command
+    process["args"] = with_command(process["args"], command)
     process["terminal"] = tty
     return process
 

@@ -316,9 +316,9 @@ def test_every_rendered_key_has_a_comment(config: Config) -> None:
     lines = render_config(config).splitlines()
     key_lines = [line for line in lines if "=" in line and not line.startswith("[")]
 
-    # 5 top-level, 7 [runtime], 8 [network], 6 [images], 1 [metrics], 1 [security],
+    # 5 top-level, 8 [runtime], 8 [network], 6 [images], 1 [metrics], 1 [security],
     # 1 [streaming] keys, and one path per handler.
-    assert len(key_lines) == 29 + len(config.runtime.handlers)
+    assert len(key_lines) == 30 + len(config.runtime.handlers)
     for line in key_lines:
         value_and_comment = line.split(" = ", 1)[1]
         assert "  # " in value_and_comment, line
