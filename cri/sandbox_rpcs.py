@@ -1,5 +1,5 @@
 """RunPodSandbox, StopPodSandbox, RemovePodSandbox, PodSandboxStatus, ListPodSandbox,
-StreamPodSandboxes."""
+StreamPodSandboxes, UpdatePodSandboxResources."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ from collections.abc import AsyncIterator
 from cri.convert import sandboxes as convert
 from cri.convert.filters import sandbox_filter_from_proto
 from cri.convert.info import verbose_info
+from cri.convert.resources import pod_resources_from_proto
 from cri.handlers import Context, Handlers
 from cri.paging import pages
 from cri.proto import api_pb2 as pb
-from runtime.errors import Unimplemented
 
 
 class PodSandboxRpcs(Handlers):
@@ -64,6 +64,6 @@ class PodSandboxRpcs(Handlers):
     async def UpdatePodSandboxResources(
         self, request: pb.UpdatePodSandboxResourcesRequest, context: Context
     ) -> pb.UpdatePodSandboxResourcesResponse:
-        raise Unimplemented(
-            "runtime.v1.RuntimeService/UpdatePodSandboxResources is not implemented"
-        )
+        resources = pod_resources_from_proto(request)
+        await self.runtime.sandboxes.update_resources(request.pod_sandbox_id, resources)
+        return pb.UpdatePodSandboxResourcesResponse()

@@ -5,8 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from cri.proto import api_pb2 as pb
-from runtime.containers.model import Resources
 from runtime.errors import InvalidArgument
+from runtime.pods.model import PodResources
+from runtime.resources import Resources
 
 
 def resources_from_proto(r: Any) -> Resources:
@@ -29,6 +30,14 @@ def resources_update_from_proto(request: Any) -> Resources:
     if not request.HasField("linux"):
         raise InvalidArgument("linux resources are missing")
     return resources_from_proto(request.linux)
+
+
+def pod_resources_from_proto(request: Any) -> PodResources:
+    """UpdatePodSandboxResourcesRequest: either part may be absent, meaning nothing set."""
+    return PodResources(
+        resources=resources_from_proto(request.resources),
+        overhead=resources_from_proto(request.overhead),
+    )
 
 
 def resources_to_proto(r: Resources) -> Any:

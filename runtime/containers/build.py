@@ -27,7 +27,6 @@ from runtime.containers.model import (
     SeccompKind,
 )
 from runtime.containers.overlay import bind_staged, mount_overlay
-from runtime.containers.resource_limits import check_resources
 from runtime.errors import FailedPrecondition, InvalidArgument, NotFound
 from runtime.host.cgroups import CgroupLayout
 from runtime.oci.env_exec import deliver_raw_env
@@ -35,6 +34,7 @@ from runtime.oci.seccomp import load_profile
 from runtime.oci.seccomp_bpf import SeccompFilters
 from runtime.oci.spec import SpecInputs, build_spec, prepare_mount_sources
 from runtime.pods.model import Sandbox, UserNamespace
+from runtime.resource_limits import check_resources
 from runtime.settings import RuntimeSettings
 from runtime.state.container_store import ContainerStore
 

@@ -31,9 +31,7 @@ from runtime.containers.model import (
     ContainerConfig,
     ContainerFilter,
     ContainerState,
-    Resources,
 )
-from runtime.containers.resource_limits import check_resources
 from runtime.errors import (
     ContainerRuntimeFailed,
     DeadlineExceeded,
@@ -51,6 +49,8 @@ from runtime.oci.exit_files import exit_recorded
 from runtime.oci.runtime_cli import OciRuntimeError
 from runtime.oci.spec import resources_to_oci
 from runtime.pods.model import Sandbox, SandboxState
+from runtime.resource_limits import check_resources
+from runtime.resources import Resources
 from runtime.settings import RuntimeSettings
 from runtime.state.container_store import ContainerStore, reserved_name
 from runtime.state.sandbox_store import SandboxStore

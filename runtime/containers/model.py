@@ -6,6 +6,7 @@ import enum
 from dataclasses import dataclass, field
 
 from runtime.pods.model import NamespaceOptions, UserNamespace
+from runtime.resources import Resources
 
 
 class ContainerState(enum.Enum):
@@ -43,24 +44,6 @@ class Device:
     container_path: str
     host_path: str
     permissions: str = "rwm"
-
-
-@dataclass(frozen=True)
-class Resources:
-    """CRI LinuxContainerResources; 0 and empty mean "not set"."""
-
-    cpu_period: int = 0
-    cpu_quota: int = 0
-    cpu_shares: int = 0
-    memory_limit_bytes: int = 0
-    memory_swap_limit_bytes: int = 0
-    oom_score_adj: int = 0
-    cpuset_cpus: str = ""
-    cpuset_mems: str = ""
-    # Page size ("2MB", "1GB") -> limit in bytes.
-    hugepage_limits: dict[str, int] = field(default_factory=dict)
-    # cgroup v2 file name -> value.
-    unified: dict[str, str] = field(default_factory=dict)
 
 
 class SeccompKind(enum.Enum):

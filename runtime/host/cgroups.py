@@ -92,6 +92,13 @@ class CgroupLayout:
             return [self.unified_root / relative]
         return [root / relative for root in self.v1_roots.values()]
 
+    def v1_dir(self, controller: str, cgroup_path: str) -> Path | None:
+        """The cgroup's directory in the v1 hierarchy carrying `controller`, if one is mounted."""
+        for hierarchy, root in self.v1_roots.items():
+            if controller in hierarchy.split(","):
+                return root / cgroup_path.strip("/")
+        return None
+
     def create(self, cgroup_path: str) -> None:
         if self.mode is CgroupMode.V2:
             assert self.unified_root is not None
@@ -119,10 +126,10 @@ class CgroupLayout:
             assert self.unified_root is not None
             text = _read_if_present(self.unified_root / relative / "memory.events")
         else:
-            memory = next((r for h, r in self.v1_roots.items() if "memory" in h.split(",")), None)
+            memory = self.v1_dir("memory", cgroup_path)
             if memory is None:
                 return 0
-            text = _read_if_present(memory / relative / "memory.oom_control")
+            text = _read_if_present(memory / "memory.oom_control")
         for line in text.splitlines():
             name, _, value = line.partition(" ")
             if name == "oom_kill" and value.strip().isdigit():

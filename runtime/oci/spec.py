@@ -7,12 +7,13 @@ import socket
 from dataclasses import dataclass
 from typing import Any
 
-from runtime.containers.model import ContainerConfig, ImageRuntimeConfig, ProcessUser, Resources
+from runtime.containers.model import ContainerConfig, ImageRuntimeConfig, ProcessUser
 from runtime.errors import FailedPrecondition, InvalidArgument
 from runtime.oci.capabilities import agent_has, container_capabilities
 from runtime.oci.mounts import all_mounts, devices, prepare_mount_sources, rootfs_propagation
 from runtime.oci.seccomp import to_oci
 from runtime.pods.model import IdMapping, NamespaceMode, Sandbox
+from runtime.resources import Resources
 
 __all__ = ["SpecInputs", "build_spec", "prepare_mount_sources", "resources_to_oci"]
 

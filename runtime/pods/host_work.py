@@ -9,10 +9,12 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from network.types import PodNetwork, PodNetworkRequest
+from runtime.host.cgroup_limits import apply_limits
 from runtime.host.cgroups import CgroupLayout
 from runtime.pods.model import InfraProcess, Sandbox
 from runtime.pods.setup import build_sandbox, remove_sandbox, stop_sandbox
 from runtime.pods.userns import supported as userns_supported
+from runtime.resources import Resources
 from runtime.settings import RuntimeSettings
 
 
@@ -37,6 +39,10 @@ class SandboxHost(Protocol):
 
     async def detach_network(self, request: PodNetworkRequest) -> None:
         """Idempotent: also for pods whose network is half built or already gone."""
+        ...
+
+    async def update_resources(self, sandbox: Sandbox, limits: Resources) -> None:
+        """Write the limits into the pod cgroup; a refusal leaves the old ones in force."""
         ...
 
     async def stop(self, sandbox: Sandbox) -> None:
@@ -75,6 +81,9 @@ class KernelSandboxHost:
 
     async def detach_network(self, request: PodNetworkRequest) -> None:
         await self.network.detach(request)
+
+    async def update_resources(self, sandbox: Sandbox, limits: Resources) -> None:
+        await asyncio.to_thread(apply_limits, self.cgroups, sandbox.cgroup_path, limits)
 
     async def stop(self, sandbox: Sandbox) -> None:
         child = self._infra_children.get(sandbox.id)

@@ -24,12 +24,15 @@ from runtime.in_flight import InFlight, KeyedLocks
 from runtime.pods.host_work import SandboxHost
 from runtime.pods.model import (
     NamespaceMode,
+    PodResources,
     Sandbox,
     SandboxConfig,
     SandboxFilter,
     SandboxState,
 )
+from runtime.pods.pod_limits import pod_cgroup_limits
 from runtime.pods.sysctls import validate_sysctls
+from runtime.resource_limits import check_resources
 from runtime.settings import RuntimeSettings
 from runtime.state.sandbox_store import SandboxStore
 
@@ -60,6 +63,9 @@ class SandboxManager:
 
     async def remove(self, id_or_prefix: str) -> None:
         await self._in_flight.run(self._remove(id_or_prefix))
+
+    async def update_resources(self, id_or_prefix: str, resources: PodResources) -> Sandbox:
+        return await self._in_flight.run(self._update_resources(id_or_prefix, resources))
 
     async def drain(self) -> None:
         """Wait for every mutation under way, even those whose caller went away."""
@@ -206,6 +212,23 @@ class SandboxManager:
             await self.host.remove(sandbox)
             self.store.delete(sandbox.id)
             log.info("sandbox removed", sandbox_id=sandbox.id)
+
+    async def _update_resources(self, id_or_prefix: str, resources: PodResources) -> Sandbox:
+        check_resources(resources.resources, "resources")
+        check_resources(resources.overhead, "overhead")
+        limits = pod_cgroup_limits(resources)
+        check_resources(limits, "resources+overhead")
+        async with self._locked(id_or_prefix) as sandbox:
+            if sandbox is None:
+                raise NotFound(f"pod sandbox {id_or_prefix!r} not found")
+            if sandbox.state is not SandboxState.READY:
+                # A stopped pod's cgroup may be gone already; a new one starts from RunPodSandbox.
+                raise FailedPrecondition(
+                    f"pod sandbox {sandbox.id} is {sandbox.state.value}: nothing to update"
+                )
+            await self.host.update_resources(sandbox, limits)
+            log.info("sandbox resources updated", sandbox_id=sandbox.id)
+            return self.store.update(sandbox.id, lambda s: replace(s, resources=resources))
 
     @contextlib.asynccontextmanager
     async def _locked(self, id_or_prefix: str) -> AsyncIterator[Sandbox | None]:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+
+from runtime.resources import Resources
 
 
 class SandboxState(enum.Enum):
@@ -109,6 +111,14 @@ class InfraProcess:
 
 
 @dataclass(frozen=True)
+class PodResources:
+    """UpdatePodSandboxResources' figures: the sum of the containers' and the pod's overhead."""
+
+    resources: Resources = field(default_factory=Resources)
+    overhead: Resources = field(default_factory=Resources)
+
+
+@dataclass(frozen=True)
 class Sandbox:
     id: str
     config: SandboxConfig
@@ -123,6 +133,8 @@ class Sandbox:
     infra: InfraProcess | None = None
     # Pod addresses, primary first; empty for host-network pods.
     ips: list[str] = field(default_factory=list)
+    # The last UpdatePodSandboxResources' figures in force; None until the first one.
+    resources: PodResources | None = None
 
     @property
     def name(self) -> str:
@@ -145,6 +157,7 @@ class Sandbox:
             "hostname": self.config.hostname,
             "sysctls": self.config.sysctls,
             "cgroup_parent": self.config.cgroup_parent,
+            "resources": asdict(self.resources) if self.resources else None,
         }
 
 

@@ -132,11 +132,9 @@ def test_unbuilt_runtime_rpc_answers_unimplemented_naming_the_method(agent: Agen
 
 def test_unbuilt_rpc_answers_unimplemented_naming_the_method(agent: Agent) -> None:
     assert_rpc_error(
-        lambda: agent.runtime.UpdatePodSandboxResources(
-            pb.UpdatePodSandboxResourcesRequest(pod_sandbox_id="c0ffee")
-        ),
+        lambda: agent.runtime.CheckpointPod(pb.CheckpointPodRequest(pod_sandbox_id="c0ffee")),
         grpc.StatusCode.UNIMPLEMENTED,
-        "UpdatePodSandboxResources",
+        "CheckpointPod",
     )
 
 

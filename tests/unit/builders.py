@@ -11,7 +11,6 @@ from runtime.containers.model import (
     Mount,
     ProcessUser,
     Propagation,
-    Resources,
     Seccomp,
     SeccompKind,
 )
@@ -27,6 +26,7 @@ from runtime.pods.model import (
     SandboxConfig,
     SandboxState,
 )
+from runtime.resources import Resources
 
 
 def pod_config(

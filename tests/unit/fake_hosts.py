@@ -15,6 +15,7 @@ from runtime.containers.model import Container, ImageRuntimeConfig, ProcessUser
 from runtime.oci.conmon import ConmonProcess, ExecResult
 from runtime.pods.host_work import SandboxObjects
 from runtime.pods.model import InfraProcess, Sandbox
+from runtime.resources import Resources
 
 # The id a hold or failure matches when it is not for one object in particular.
 ANY = "*"
@@ -75,6 +76,8 @@ class FakeSandboxHost(RecordingHost):
         super().__init__()
         self.userns = True
         self.ips = ["10.85.0.7"]
+        # Sandbox id -> the cgroup limits last written for it.
+        self.limits: dict[str, Resources] = {}
 
     def user_namespaces_supported(self) -> bool:
         return self.userns
@@ -89,6 +92,10 @@ class FakeSandboxHost(RecordingHost):
 
     async def detach_network(self, request: PodNetworkRequest) -> None:
         await self._step("detach_network", request.sandbox_id)
+
+    async def update_resources(self, sandbox: Sandbox, limits: Resources) -> None:
+        await self._step("update_resources", sandbox.id)
+        self.limits[sandbox.id] = limits
 
     async def stop(self, sandbox: Sandbox) -> None:
         await self._step("stop", sandbox.id)

@@ -16,7 +16,7 @@ import pytest
 
 from runtime.containers.events import ContainerEvent, EventKind
 from runtime.containers.manager import ContainerManager
-from runtime.containers.model import Container, ContainerConfig, ContainerState, Resources
+from runtime.containers.model import Container, ContainerConfig, ContainerState
 from runtime.errors import (
     ContainerRuntimeFailed,
     DeadlineExceeded,
@@ -29,6 +29,7 @@ from runtime.images.model import Image
 from runtime.oci.conmon import ConmonError, ContainerCreateError, ExecResult
 from runtime.oci.runtime_cli import OciRuntimeError
 from runtime.pods.model import SandboxState
+from runtime.resources import Resources
 from runtime.settings import RuntimeSettings
 from runtime.state.container_store import ContainerStore
 from runtime.state.db import StateDB

@@ -8,6 +8,7 @@ import pytest
 
 from cri.convert.filters import sandbox_filter_from_proto
 from cri.convert.info import verbose_info
+from cri.convert.resources import pod_resources_from_proto
 from cri.convert.sandboxes import (
     sandbox_config_from_proto,
     sandbox_status_to_proto,
@@ -21,12 +22,14 @@ from runtime.pods.model import (
     NamespaceMode,
     NamespaceOptions,
     PodMetadata,
+    PodResources,
     PortMapping,
     Protocol,
     SandboxConfig,
     SandboxFilter,
     SandboxState,
 )
+from runtime.resources import Resources
 from tests.unit.builders import sandbox
 
 NS_FIELD = "config.linux.security_context.namespace_options"
@@ -286,6 +289,50 @@ def test_verbose_info_without_infra_has_no_pids() -> None:
     info = json.loads(verbose_info(sandbox("a1").verbose_info())["info"])
 
     assert info["pids"] == {}
+
+
+def test_verbose_info_reports_the_pod_resources_in_force() -> None:
+    pod = replace(
+        sandbox("a1"),
+        resources=PodResources(
+            resources=Resources(cpu_shares=512, hugepage_limits={"2MB": 2 << 20}),
+            overhead=Resources(memory_limit_bytes=1 << 20),
+        ),
+    )
+
+    info = json.loads(verbose_info(pod.verbose_info())["info"])
+
+    assert info["resources"]["resources"]["cpu_shares"] == 512
+    assert info["resources"]["resources"]["hugepage_limits"] == {"2MB": 2 << 20}
+    assert info["resources"]["overhead"]["memory_limit_bytes"] == 1 << 20
+
+
+def test_verbose_info_of_a_pod_never_updated_has_no_resources() -> None:
+    assert json.loads(verbose_info(sandbox("a1").verbose_info())["info"])["resources"] is None
+
+
+# --- pod_resources_from_proto ---------------------------------------------------------------
+
+
+def test_pod_resources_carry_both_parts_of_the_request() -> None:
+    request = pb.UpdatePodSandboxResourcesRequest(
+        pod_sandbox_id="a1",
+        overhead=pb.LinuxContainerResources(cpu_shares=64),
+        resources=pb.LinuxContainerResources(
+            memory_limit_in_bytes=1 << 30, cpuset_cpus="0", unified={"pids.max": "9"}
+        ),
+    )
+
+    assert pod_resources_from_proto(request) == PodResources(
+        resources=Resources(memory_limit_bytes=1 << 30, cpuset_cpus="0", unified={"pids.max": "9"}),
+        overhead=Resources(cpu_shares=64),
+    )
+
+
+def test_absent_parts_of_a_pod_resources_request_set_nothing() -> None:
+    request = pb.UpdatePodSandboxResourcesRequest(pod_sandbox_id="a1")
+
+    assert pod_resources_from_proto(request) == PodResources()
 
 
 # --- sandbox_filter_from_proto -------------------------------------------------------------

@@ -16,7 +16,6 @@ from runtime.containers.model import (
     Mount,
     ProcessUser,
     Propagation,
-    Resources,
 )
 from runtime.errors import FailedPrecondition, InvalidArgument
 from runtime.oci.capabilities import (
@@ -45,6 +44,7 @@ from runtime.pods.model import (
     SandboxState,
     UserNamespace,
 )
+from runtime.resources import Resources
 
 PROFILE = {
     "defaultAction": "SCMP_ACT_ERRNO",

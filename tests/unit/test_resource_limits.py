@@ -7,18 +7,18 @@ from pathlib import Path
 
 import pytest
 
-import runtime.containers.resource_limits
-from runtime.containers.model import Resources
-from runtime.containers.resource_limits import check_resources, parse_list
+import runtime.resource_limits
 from runtime.errors import InvalidArgument
+from runtime.resource_limits import check_resources, parse_list
+from runtime.resources import Resources
 
 
 @pytest.fixture(autouse=True)
 def two_cpus_one_node(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / "cpus").write_text("0-1\n")
     (tmp_path / "mems").write_text("0\n")
-    monkeypatch.setattr(runtime.containers.resource_limits, "ONLINE_CPUS", tmp_path / "cpus")
-    monkeypatch.setattr(runtime.containers.resource_limits, "ONLINE_MEMS", tmp_path / "mems")
+    monkeypatch.setattr(runtime.resource_limits, "ONLINE_CPUS", tmp_path / "cpus")
+    monkeypatch.setattr(runtime.resource_limits, "ONLINE_MEMS", tmp_path / "mems")
 
 
 @pytest.mark.parametrize(
@@ -76,7 +76,7 @@ def test_a_cpu_the_node_lacks_names_the_online_ones() -> None:
 def test_an_unreadable_online_list_checks_only_the_syntax(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(runtime.containers.resource_limits, "ONLINE_CPUS", tmp_path / "absent")
+    monkeypatch.setattr(runtime.resource_limits, "ONLINE_CPUS", tmp_path / "absent")
 
     check_resources(Resources(cpuset_cpus="0-63"), "r")
 

@@ -16,11 +16,13 @@ from runtime.pods.model import (
     IdMapping,
     InfraProcess,
     NamespaceMode,
+    PodResources,
     Sandbox,
     SandboxConfig,
     SandboxState,
     UserNamespace,
 )
+from runtime.resources import Resources
 from runtime.settings import RuntimeSettings
 from runtime.state.db import StateDB
 from runtime.state.sandbox_store import SandboxStore
@@ -300,3 +302,93 @@ async def test_a_stop_of_one_pod_does_not_wait_for_the_stop_of_another(
     hold.release()
     await slow_stop
     assert manager.status(slow.id).state is SandboxState.NOTREADY
+
+
+# --- pod resources --------------------------------------------------------------------------
+
+POD_RESOURCES = PodResources(
+    resources=Resources(cpu_shares=1024, memory_limit_bytes=256 << 20),
+    overhead=Resources(cpu_shares=128, memory_limit_bytes=64 << 20),
+)
+
+
+async def test_updated_pod_resources_reach_the_cgroup_summed_and_the_row_as_asked(
+    manager: SandboxManager, host: FakeSandboxHost, db_path: Path
+) -> None:
+    pod = await manager.run(pod_config())
+
+    updated = await manager.update_resources(pod.id[:12], POD_RESOURCES)
+
+    assert host.limits[pod.id] == Resources(cpu_shares=1152, memory_limit_bytes=320 << 20)
+    assert updated.resources == POD_RESOURCES
+    [row] = rows_on_disk(db_path)
+    assert row.resources == POD_RESOURCES
+    assert manager.status(pod.id).verbose_info()["resources"] == {
+        "resources": {**vars(Resources()), "cpu_shares": 1024, "memory_limit_bytes": 256 << 20},
+        "overhead": {**vars(Resources()), "cpu_shares": 128, "memory_limit_bytes": 64 << 20},
+    }
+
+
+@pytest.mark.parametrize(
+    ("resources", "message"),
+    [
+        (PodResources(resources=Resources(memory_limit_bytes=-1)), "resources.memory_limit"),
+        (PodResources(overhead=Resources(cpu_shares=1)), "overhead.cpu_shares"),
+        (PodResources(resources=Resources(cpuset_cpus="0-")), "resources.cpuset_cpus"),
+        (
+            PodResources(Resources(cpu_shares=200_000), Resources(cpu_shares=100_000)),
+            r"resources\+overhead.cpu_shares 300000",
+        ),
+    ],
+)
+async def test_invalid_pod_resources_are_refused_and_the_old_ones_stay(
+    manager: SandboxManager,
+    host: FakeSandboxHost,
+    db_path: Path,
+    resources: PodResources,
+    message: str,
+) -> None:
+    pod = await manager.run(pod_config())
+    await manager.update_resources(pod.id, POD_RESOURCES)
+
+    with pytest.raises(InvalidArgument, match=message):
+        await manager.update_resources(pod.id, resources)
+
+    assert host.steps(pod.id).count("update_resources") == 1
+    assert [row.resources for row in rows_on_disk(db_path)] == [POD_RESOURCES]
+
+
+async def test_pod_resources_the_host_refuses_leave_the_row_as_it_was(
+    manager: SandboxManager, host: FakeSandboxHost, db_path: Path
+) -> None:
+    pod = await manager.run(pod_config())
+    host.fail("update_resources", InvalidArgument("the kernel refused"))
+
+    with pytest.raises(InvalidArgument, match="the kernel refused"):
+        await manager.update_resources(pod.id, POD_RESOURCES)
+
+    assert manager.status(pod.id).resources is None
+    assert [row.resources for row in rows_on_disk(db_path)] == [None]
+
+
+async def test_pod_resources_of_an_unknown_or_unnamed_pod_are_refused(
+    manager: SandboxManager, host: FakeSandboxHost
+) -> None:
+    with pytest.raises(NotFound):
+        await manager.update_resources("f" * 64, POD_RESOURCES)
+    with pytest.raises(InvalidArgument, match="empty"):
+        await manager.update_resources("", POD_RESOURCES)
+
+    assert host.calls == []
+
+
+async def test_pod_resources_of_a_stopped_pod_are_a_failed_precondition(
+    manager: SandboxManager, host: FakeSandboxHost
+) -> None:
+    pod = await manager.run(pod_config())
+    await manager.stop(pod.id)
+
+    with pytest.raises(FailedPrecondition, match="notready"):
+        await manager.update_resources(pod.id, POD_RESOURCES)
+
+    assert "update_resources" not in host.steps(pod.id)

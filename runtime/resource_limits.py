@@ -10,8 +10,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from runtime.containers.model import Resources
 from runtime.errors import InvalidArgument
+from runtime.resources import Resources
 
 CFS_PERIOD_US = (1_000, 1_000_000)
 CFS_QUOTA_MIN_US = 1_000
