@@ -49,8 +49,12 @@ class RuntimeInfoRpcs(Handlers):
             status=pb.RuntimeStatus(conditions=conditions),
             info=info,
             runtime_handlers=handlers,
-            # kubelet refuses pods asking for SupplementalGroupsPolicy Strict otherwise.
-            features=pb.RuntimeFeatures(supplemental_groups_policy=True),
+            # kubelet refuses pods asking for these otherwise.
+            features=pb.RuntimeFeatures(
+                supplemental_groups_policy=True,
+                user_namespaces_host_network=True,
+                mount_options=True,
+            ),
         )
 
     async def RuntimeConfig(

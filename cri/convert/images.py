@@ -50,7 +50,7 @@ def image_to_proto(image: Image, pinned: bool) -> Any:
         repo_tags=list(image.repo_tags),
         repo_digests=list(image.repo_digests),
         size=image.size,
-        spec=pb.ImageSpec(image=image.id),
+        spec=pb.ImageSpec(image=image.id, image_ref=image.digest_reference),
         pinned=pinned,
         **_user_fields(image.user),
     )

@@ -8,6 +8,7 @@ from cri.convert.enums import enum_value
 from cri.convert.userns import mount_mappings
 from cri.proto import api_pb2 as pb
 from runtime.containers.model import Container, Device, Mount, Propagation
+from runtime.containers.mount_options import checked_mount_options
 from runtime.errors import InvalidArgument
 
 _PROPAGATION = {
@@ -25,11 +26,20 @@ def mount_from_proto(index: int, mount: Any) -> Mount:
     propagation = enum_value(_PROPAGATION, mount.propagation, f"{field}.propagation")
     if mount.recursive_read_only and (not mount.readonly or propagation is not Propagation.PRIVATE):
         raise InvalidArgument(f"{field}.recursive_read_only needs readonly and PROPAGATION_PRIVATE")
+    options = checked_mount_options(list(mount.mount_options), f"{field}.mount_options")
     image = mount.image.image if mount.HasField("image") else ""
     if image:
         if not mount.readonly:
             raise InvalidArgument(f"{field}: an image volume must be readonly")
-        return Mount(mount.container_path, "", True, propagation, image, mount.image_sub_path)
+        return Mount(
+            mount.container_path,
+            "",
+            True,
+            propagation,
+            image,
+            mount.image_sub_path,
+            mount_options=options,
+        )
     if not mount.host_path.startswith("/"):
         raise InvalidArgument(f"{field}.host_path {mount.host_path!r} is not absolute")
     return Mount(
@@ -39,6 +49,7 @@ def mount_from_proto(index: int, mount: Any) -> Mount:
         propagation,
         recursive_read_only=mount.recursive_read_only,
         idmap=mount_mappings(mount, field),
+        mount_options=options,
     )
 
 
@@ -50,13 +61,17 @@ def mounts_to_proto(container: Container) -> list[Any]:
             host_path=m.host_path,
             readonly=m.readonly,
             propagation=_PROPAGATION_TO_PB[m.propagation],
-            image=pb.ImageSpec(image=container.volume_images.get(m.container_path, ""))
-            if m.image
-            else None,
+            image=_volume_image_to_proto(container, m.container_path) if m.image else None,
             image_sub_path=m.image_sub_path,
+            mount_options=m.mount_options,
         )
         for m in container.config.mounts
     ]
+
+
+def _volume_image_to_proto(container: Container, path: str) -> Any:
+    image_id = container.volume_images.get(path, "")
+    return pb.ImageSpec(image=image_id, image_ref=container.volume_image_refs.get(path, image_id))
 
 
 def device_from_proto(device: Any) -> Device:

@@ -141,6 +141,7 @@ class ContainerManager:
         if image is None:
             raise NotFound(f"image {config.image!r} not found: pull it first")
         volume_images = {}
+        volume_image_refs = {}
         volumes: dict[int, list[Path]] = {}
         for index, mount in enumerate(config.mounts):
             if not mount.image:
@@ -149,6 +150,7 @@ class ContainerManager:
             if volume is None:
                 raise NotFound(f"image {mount.image!r} of config.mounts[{index}] not found")
             volume_images[mount.container_path] = volume.id
+            volume_image_refs[mount.container_path] = volume.digest_reference
             volumes[index] = self.images.lower_dirs(volume)
         container_id = secrets.token_hex(32)
         paths = self.layout.container(container_id)
@@ -161,12 +163,13 @@ class ContainerManager:
             state=ContainerState.CREATING,
             created_at_ns=time.time_ns(),
             image_id=image.id,
-            image_ref=image.repo_digests[0] if image.repo_digests else image.id,
+            image_ref=image.digest_reference,
             runtime_handler=sandbox.runtime_handler,
             bundle=str(paths.bundle),
             log_path=log_path,
             stop_signal=config.stop_signal or image_config.stop_signal,
             volume_images=volume_images,
+            volume_image_refs=volume_image_refs,
             resources=config.resources,
         )
         self.store.reserve(container, reserved_name(container, sandbox.name))

@@ -37,6 +37,8 @@ class Mount:
     recursive_read_only: bool = False
     # Files appear with host ids shifted by this mapping (the pod's): an idmapped mount.
     idmap: UserNamespace | None = None
+    # Per-mount flags (noexec, nosuid, ...) the runtime sets by remounting the bind.
+    mount_options: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -151,6 +153,8 @@ class Container:
     stop_signal: str = ""
     # Image volumes: container path -> id of the image mounted there.
     volume_images: dict[str, str] = field(default_factory=dict)
+    # And their digest references (as image_ref); rows from before it have none.
+    volume_image_refs: dict[str, str] = field(default_factory=dict)
     # The resources in force (CreateContainer's, then each UpdateContainerResources').
     resources: Resources = field(default_factory=Resources)
     pid: int = 0

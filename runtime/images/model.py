@@ -32,6 +32,11 @@ class Image:
     def names(self) -> tuple[str, ...]:
         return self.repo_tags + self.repo_digests
 
+    @property
+    def digest_reference(self) -> str:
+        """What the kubelet shows as a container's imageID: a repo digest, else the id."""
+        return self.repo_digests[0] if self.repo_digests else self.id
+
     def with_names(self, tags: tuple[str, ...], digests: tuple[str, ...]) -> Image:
         return replace(self, repo_tags=tags, repo_digests=digests)
 

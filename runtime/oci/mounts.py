@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import stat
+from collections.abc import Sequence
 from pathlib import PurePosixPath
 from typing import Any
 
@@ -32,9 +33,18 @@ DEFAULT_DEVICE_RULES: list[dict[str, Any]] = [
 ]
 
 
-def default_mounts(privileged: bool) -> list[dict[str, Any]]:
-    """containerd's default set; privileged containers may write /sys and the cgroupfs."""
+def default_mounts(privileged: bool, host_sysfs: bool = False) -> list[dict[str, Any]]:
+    """containerd's default set; privileged containers may write /sys and the cgroupfs.
+
+    With host_sysfs /sys is the node's, bound: a user namespace that owns no network namespace
+    may not mount sysfs (crun falls back to a bind by itself, runc does not)."""
     sys_mode = "rw" if privileged else "ro"
+    sys_options = ["nosuid", "noexec", "nodev", sys_mode]
+    sysfs = (
+        _mount("/sys", "bind", "/sys", ["rbind", "rprivate", *sys_options])
+        if host_sysfs
+        else _mount("/sys", "sysfs", "sysfs", sys_options)
+    )
     return [
         _mount("/proc", "proc", "proc", ["nosuid", "noexec", "nodev"]),
         _mount("/dev", "tmpfs", "tmpfs", ["nosuid", "strictatime", "mode=755", "size=65536k"]),
@@ -45,7 +55,7 @@ def default_mounts(privileged: bool) -> list[dict[str, Any]]:
             ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"],
         ),
         _mount("/dev/mqueue", "mqueue", "mqueue", ["nosuid", "noexec", "nodev"]),
-        _mount("/sys", "sysfs", "sysfs", ["nosuid", "noexec", "nodev", sys_mode]),
+        sysfs,
         _mount(
             "/sys/fs/cgroup",
             "cgroup",
@@ -80,7 +90,13 @@ def user_mounts(config: ContainerConfig) -> list[dict[str, Any]]:
         _check_paths(index, mount)
     ordered = sorted(config.mounts, key=lambda m: len(PurePosixPath(m.container_path).parts))
     return [
-        _bind(m.container_path, m.host_path, m.readonly, PROPAGATION_OPTIONS[m.propagation])
+        _bind(
+            m.container_path,
+            m.host_path,
+            m.readonly,
+            PROPAGATION_OPTIONS[m.propagation],
+            m.mount_options,
+        )
         for m in ordered
     ]
 
@@ -90,7 +106,10 @@ def all_mounts(config: ContainerConfig, sandbox: Sandbox) -> list[dict[str, Any]
     requested = user_mounts(config)
     taken = {os.path.normpath(m["destination"]) for m in requested}
     privileged = config.security.privileged
-    builtin = [*default_mounts(privileged), *pod_mounts(sandbox)]
+    userns_on_host_network = (
+        sandbox.config.namespaces.user is not None and "net" not in sandbox.pins
+    )
+    builtin = [*default_mounts(privileged, userns_on_host_network), *pod_mounts(sandbox)]
     return [m for m in builtin if m["destination"] not in taken] + requested
 
 
@@ -169,9 +188,14 @@ def _mount(destination: str, kind: str, source: str, options: list[str]) -> dict
 
 
 def _bind(
-    destination: str, source: str, readonly: bool, propagation: str = "rprivate"
+    destination: str,
+    source: str,
+    readonly: bool,
+    propagation: str = "rprivate",
+    flags: Sequence[str] = (),
 ) -> dict[str, Any]:
-    options = ["rbind", propagation, "ro" if readonly else "rw"]
+    # crun and runc remount the bind to set flags beyond ro: a bind ignores them otherwise.
+    options = ["rbind", propagation, "ro" if readonly else "rw", *flags]
     return _mount(destination, "bind", source, options)
 
 

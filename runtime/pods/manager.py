@@ -110,9 +110,12 @@ class SandboxManager:
                     "this node cannot give pods user namespaces (they need kernel 5.19 or "
                     "later and user.max_user_namespaces > 0)"
                 )
+            # The node's network is fine: containers join it from the pod's user namespace
+            # (with the node's /sys bound, see runtime/oci/mounts.py). The node's IPC and PID
+            # namespaces are not the user namespace's, so /dev/mqueue and /proc could not be.
             shared = [
                 name
-                for name, mode in (("network", ns.network), ("ipc", ns.ipc), ("pid", ns.pid))
+                for name, mode in (("ipc", ns.ipc), ("pid", ns.pid))
                 if mode is NamespaceMode.NODE
             ]
             if shared:

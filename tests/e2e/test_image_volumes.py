@@ -54,10 +54,12 @@ def test_an_image_volume_is_there_and_read_only(agent: Agent, images: tuple[str,
     assert write.exit_code != 0
     assert b"Read-only" in write.stderr
     (mount,) = status(agent, container_id).status.mounts
-    volume_id = agent.images.ImageStatus(
+    volume_image = agent.images.ImageStatus(
         pb.ImageStatusRequest(image=pb.ImageSpec(image=volume))
-    ).image.id
-    assert mount.image.image == volume_id
+    ).image
+    assert mount.image.image == volume_image.id
+    # What the kubelet reports as the volume's imageRef: a digest, like a container's imageID.
+    assert mount.image.image_ref == volume_image.repo_digests[0]
 
 
 def test_a_sub_path_mounts_only_that_directory(agent: Agent, images: tuple[str, str]) -> None:

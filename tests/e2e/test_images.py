@@ -74,6 +74,8 @@ def test_a_pull_by_tag_is_listed_and_found_by_every_name(
         assert status(agent, other).image.id == image_id
     assert [i.id for i in listed(agent)] == [image_id]
     assert [i.id for i in listed(agent, name)] == [image_id]
+    assert image.spec.image_ref == repo_digest
+    assert [i.spec.image_ref for i in listed(agent)] == [repo_digest]
 
 
 def test_a_name_without_a_tag_means_latest(agent: Agent, registry: LocalRegistry) -> None:

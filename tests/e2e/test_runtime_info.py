@@ -161,10 +161,12 @@ def test_image_fs_info_reports_the_real_usage_of_the_image_store(agent: Agent) -
     assert after.timestamp >= before.timestamp
 
 
-def test_status_advertises_the_supplemental_groups_policy(agent: Agent) -> None:
+def test_status_advertises_the_features_the_agent_has(agent: Agent) -> None:
     features = agent.runtime.Status(pb.StatusRequest()).features
 
     assert features.supplemental_groups_policy
+    assert features.mount_options
+    assert features.user_namespaces_host_network
 
 
 def test_status_lists_the_configured_runtime_handlers(agent: Agent) -> None:

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -182,12 +184,50 @@ def test_a_per_container_user_namespace_is_unimplemented(agent: Agent) -> None:
     )
 
 
-def test_a_user_namespaced_pod_cannot_share_the_nodes_network(agent: Agent) -> None:
+@pytest.mark.parametrize(
+    ("shared", "field"), [({"ipc": pb.NODE}, "ipc"), ({"pid": pb.NODE}, "pid")]
+)
+def test_a_user_namespaced_pod_cannot_share_the_nodes_ipc_or_pid(
+    agent: Agent, shared: dict[str, Any], field: str
+) -> None:
     assert_rpc_error(
-        lambda: Pod(agent, userns=userns(), network=pb.NODE),
+        lambda: Pod(agent, userns=userns(), **shared),
         grpc.StatusCode.INVALID_ARGUMENT,
-        "network",
+        f"cannot share the node's {field} namespace",
     )
+
+
+@pytest.mark.parametrize("handler", ["crun", "runc"])
+def test_a_user_namespaced_pod_can_use_the_host_network(
+    agent: Agent, image: str, handler: str
+) -> None:
+    pod = Pod(agent, runtime_handler=handler, userns=userns(), network=pb.NODE)
+
+    container_id = pod.run(in_userns(image, ["sleep", "60"]))
+
+    assert output(agent, container_id, ["cat", "/proc/self/uid_map"]).split() == [
+        "0",
+        str(HOST_ID),
+        str(LENGTH),
+    ]
+    # /proc/net shows the interfaces of the reader's network namespace.
+    # A host interface made now (this kernel has veth, not dummy): no other test has it.
+    host_link = f"mo{secrets.token_hex(4)}"
+    subprocess.run(
+        ["ip", "link", "add", host_link, "type", "veth", "peer", "name", f"{host_link}p"],
+        check=True,
+    )
+    try:
+        devices = output(agent, container_id, ["cat", "/proc/net/dev"]).splitlines()[2:]
+    finally:
+        subprocess.run(["ip", "link", "del", host_link], check=False)
+    assert host_link in {line.split(":")[0].strip() for line in devices}
+    assert os.readlink(f"/proc/{container_pid(agent, container_id)}/ns/net") == os.readlink(
+        "/proc/self/ns/net"
+    )
+    agent.stop_pod(pod.id)
+    agent.remove_pod(pod.id)
+    assert agent.leftovers() == []
 
 
 def test_a_container_cannot_ask_for_another_mapping_than_its_pods(agent: Agent, image: str) -> None:

@@ -28,6 +28,9 @@ from runtime.pods.model import (
 )
 from runtime.resources import Resources
 
+VOLUME_IMAGE_ID = "sha256:" + "c" * 64
+VOLUME_IMAGE_REF = "registry.test/vol@sha256:" + "d" * 64
+
 
 def pod_config(
     name: str = "web",
@@ -100,7 +103,10 @@ def container(container_id: str, *, name: str = "app", sandbox_id: str = "pod1")
         envs={"A": "1"},
         labels={"tier": "web"},
         annotations={"note": "x"},
-        mounts=[Mount("/data", "/srv", True, Propagation.HOST_TO_CONTAINER)],
+        mounts=[
+            Mount("/data", "/srv", True, Propagation.HOST_TO_CONTAINER, mount_options=["noexec"]),
+            Mount("/vol", "", True, image="registry.test/vol:1"),
+        ],
         devices=[Device("/dev/fuse", "/dev/fuse", "rw")],
         log_path="app/1.log",
         stdin=True,
@@ -127,6 +133,8 @@ def container(container_id: str, *, name: str = "app", sandbox_id: str = "pod1")
         bundle="/b",
         log_path="/logs/app/1.log",
         user=ProcessUser(1000, 1000, [5, 6], "app", "/home/app"),
+        volume_images={"/vol": VOLUME_IMAGE_ID},
+        volume_image_refs={"/vol": VOLUME_IMAGE_REF},
         pid=42,
         conmon_pid=41,
         started_at_ns=2,

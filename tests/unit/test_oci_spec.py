@@ -394,6 +394,30 @@ def test_pod_namespaces_are_joined_by_their_pins() -> None:
     }
 
 
+def test_a_user_namespaced_pod_on_the_host_network_binds_the_nodes_sys() -> None:
+    """runc cannot mount sysfs from a user namespace that owns no network namespace."""
+    userns = UserNamespace(IdMapping(100_000, 0, 65536), IdMapping(200_000, 0, 65536))
+    sandbox = pod(
+        network=NamespaceMode.NODE,
+        pins={"ipc": "/run/moorage/pins/ipc-sb1", "user": "/run/moorage/pins/user-sb1"},
+    )
+    sandbox = replace(
+        sandbox,
+        config=replace(sandbox.config, namespaces=replace(sandbox.config.namespaces, user=userns)),
+    )
+
+    result = spec(sandbox=sandbox)
+
+    assert "network" not in _namespaces(result)
+    assert _by_destination(result)["/sys"] == {
+        "destination": "/sys",
+        "type": "bind",
+        "source": "/sys",
+        "options": ["rbind", "rprivate", "nosuid", "noexec", "nodev", "ro"],
+    }
+    assert _by_destination(spec())["/sys"]["type"] == "sysfs"
+
+
 def test_pod_shared_pid_namespace_is_the_infras() -> None:
     sandbox = pod(pid=NamespaceMode.POD, infra=InfraProcess(pid=4321, start_ticks=1))
     config = with_security(namespaces=NamespaceOptions(pid=NamespaceMode.POD))
@@ -544,6 +568,18 @@ def test_user_mounts_are_binds_with_mode_and_propagation_parents_first() -> None
         },
     ]
     assert result["linux"]["rootfsPropagation"] == "rshared"
+
+
+def test_mount_options_follow_the_binds_own_options() -> None:
+    config = ContainerConfig(
+        name="app",
+        image="img",
+        mounts=[Mount("/data", "/host/data", mount_options=["noexec", "nosuid", "nodev"])],
+    )
+
+    (data,) = spec(config)["mounts"][-1:]
+
+    assert data["options"] == ["rbind", "rprivate", "rw", "noexec", "nosuid", "nodev"]
 
 
 def test_a_user_mount_replaces_the_default_at_the_same_place() -> None:
