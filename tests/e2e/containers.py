@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import secrets
 from pathlib import Path
 from typing import Any
@@ -133,3 +134,13 @@ def log_records(path: Path) -> list[tuple[str, str, str]]:
         assert "T" in timestamp and timestamp[:4].isdigit(), line
         records.append((stream, tag, text))
     return records
+
+
+def running_command(agent: Agent, container_id: str, argv: list[str]) -> int:
+    """The pid of the container's process once it runs `argv`: StartContainer can return
+    before the runtime's init has exec'd the command."""
+    pid = int(json.loads(status(agent, container_id, verbose=True).info["info"])["pid"])
+    cmdline = Path(f"/proc/{pid}/cmdline")
+    wanted = b"".join(arg.encode() + b"\0" for arg in argv)
+    assert wait_until(lambda: cmdline.read_bytes() == wanted, timeout_s=5.0), cmdline.read_bytes()
+    return pid

@@ -15,13 +15,17 @@ from cri.proto import api_pb2 as pb
 from runtime.layout import Layout
 from runtime.oci.env_exec import ENV_EXEC_IN_CONTAINER
 from tests.e2e.agent import Agent, AgentFactory
-from tests.e2e.containers import Pod, container_config, exec_sync, pulled, status
+from tests.e2e.containers import (
+    Pod,
+    container_config,
+    exec_sync,
+    pulled,
+    running_command,
+)
 from tests.e2e.pods import assert_rpc_error
 from tests.registry_fixture import LocalRegistry
-from tests.waiting import wait_until
 
 RAW = b"a\xff\xfeb"
-SLEEP_CMDLINE = b"sleep\x0060\x00"
 ENVS = [pb.KeyValue(key="RAW", value=RAW), pb.KeyValue(key="PLAIN", value="héllo".encode())]
 
 
@@ -31,14 +35,7 @@ def image(agent: Agent, registry: LocalRegistry) -> str:
 
 
 def running_sleep(agent: Agent, container_id: str) -> int:
-    """The pid of the container's `sleep 60`, once it runs: StartContainer can return before
-    the runtime's init (and env-exec after it) has exec'd the command."""
-    pid = int(json.loads(status(agent, container_id, verbose=True).info["info"])["pid"])
-    cmdline = Path(f"/proc/{pid}/cmdline")
-    assert wait_until(lambda: cmdline.read_bytes() == SLEEP_CMDLINE, timeout_s=5.0), (
-        cmdline.read_bytes()
-    )
-    return pid
+    return running_command(agent, container_id, ["sleep", "60"])
 
 
 def environ(pid: int) -> list[bytes]:

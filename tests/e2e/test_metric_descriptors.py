@@ -10,7 +10,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from cri.proto import api_pb2 as pb
 from tests.e2e.agent import Agent
-from tests.e2e.containers import Pod, container_config, pulled
+from tests.e2e.containers import Pod, container_config, pulled, running_command
 from tests.registry_fixture import LocalRegistry
 from tests.waiting import wait_until
 
@@ -99,6 +99,8 @@ def test_the_first_call_describes_every_cadvisor_series(agent: Agent) -> None:
 def test_every_descriptor_has_a_value_for_a_running_container(agent: Agent, image: str) -> None:
     pod = Pod(agent)
     container_id = pod.run(container_config(image, ["sleep", "60"]))
+    # Its page faults are counted once `sleep` itself runs, not while the runtime's init waits.
+    running_command(agent, container_id, ["sleep", "60"])
     described = descriptors(agent)
 
     response = agent.runtime.ListPodSandboxMetrics(pb.ListPodSandboxMetricsRequest())
