@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Protocol
 
 from cri.convert.mounts import device_from_proto, mount_from_proto, mounts_to_proto
 from cri.convert.resources import resources_from_proto, resources_to_proto
@@ -29,24 +29,31 @@ _EVENTS_TO_PB = {
 }
 
 
-def container_id(request: Any) -> str:
+class ContainerIdRequest(Protocol):
+    """Every request naming one container."""
+
+    @property
+    def container_id(self) -> str: ...
+
+
+def container_id(request: ContainerIdRequest) -> str:
     if not request.container_id:
         raise InvalidArgument("container_id is empty")
     return str(request.container_id)
 
 
-def stop_timeout_s(request: Any) -> float:
+def stop_timeout_s(request: pb.StopContainerRequest) -> float:
     # The kubelet may send a negative grace period: it means "kill now", as 0 does.
     return float(max(request.timeout, 0))
 
 
-def exec_sync_timeout_s(request: Any) -> float:
+def exec_sync_timeout_s(request: pb.ExecSyncRequest) -> float:
     if request.timeout < 0:
         raise InvalidArgument(f"timeout {request.timeout} is negative")
     return float(request.timeout)
 
 
-def container_config_from_proto(request: Any) -> ContainerConfig:
+def container_config_from_proto(request: pb.CreateContainerRequest) -> ContainerConfig:
     if not request.pod_sandbox_id:
         raise InvalidArgument("pod_sandbox_id is empty")
     if not request.HasField("config"):
@@ -78,11 +85,11 @@ def container_config_from_proto(request: Any) -> ContainerConfig:
     )
 
 
-def metadata_to_proto(container: Container) -> Any:
+def metadata_to_proto(container: Container) -> pb.ContainerMetadata:
     return pb.ContainerMetadata(name=container.config.name, attempt=container.config.attempt)
 
 
-def container_to_proto(container: Container) -> Any:
+def container_to_proto(container: Container) -> pb.Container:
     return pb.Container(
         id=container.id,
         pod_sandbox_id=container.sandbox_id,
@@ -97,7 +104,7 @@ def container_to_proto(container: Container) -> Any:
     )
 
 
-def container_status_to_proto(container: Container) -> Any:
+def container_status_to_proto(container: Container) -> pb.ContainerStatus:
     user = container.user
     return pb.ContainerStatus(
         id=container.id,
@@ -128,7 +135,7 @@ def container_status_to_proto(container: Container) -> Any:
     )
 
 
-def event_to_proto(event: ContainerEvent) -> Any:
+def event_to_proto(event: ContainerEvent) -> pb.ContainerEventResponse:
     return pb.ContainerEventResponse(
         container_id=event.container.id,
         container_event_type=_EVENTS_TO_PB[event.kind],

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TypeVar
 
 from runtime.errors import InvalidArgument
 
+K = TypeVar("K")
+T = TypeVar("T")
 
-def enum_value(table: Mapping[Any, Any], value: int, field: str) -> Any:
+
+def enum_value(table: Mapping[K, T], value: K, field: str) -> T:
     try:
         return table[value]
     except KeyError:

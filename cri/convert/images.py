@@ -11,13 +11,15 @@ from runtime.images.model import Image
 from runtime.images.registry import Credentials
 
 
-def image_name(request: Any) -> str:
+def image_name(
+    request: pb.PullImageRequest | pb.ImageStatusRequest | pb.RemoveImageRequest,
+) -> str:
     if not request.image.image:
         raise InvalidArgument("image.image is empty")
     return str(request.image.image)
 
 
-def credentials_from_proto(auth: Any) -> Credentials:
+def credentials_from_proto(auth: pb.AuthConfig) -> Credentials:
     """PullImageRequest.auth; `auth` (base64 user:password) stands in for the pair."""
     if auth.auth and not auth.username:
         try:
@@ -44,7 +46,7 @@ def _user_fields(user: str) -> dict[str, Any]:
     return {"username": name}
 
 
-def image_to_proto(image: Image, pinned: bool) -> Any:
+def image_to_proto(image: Image, pinned: bool) -> pb.Image:
     return pb.Image(
         id=image.id,
         repo_tags=list(image.repo_tags),
@@ -56,7 +58,7 @@ def image_to_proto(image: Image, pinned: bool) -> Any:
     )
 
 
-def fs_usage_to_proto(usage: DiskUsage, timestamp_ns: int) -> Any:
+def fs_usage_to_proto(usage: DiskUsage, timestamp_ns: int) -> pb.FilesystemUsage:
     return pb.FilesystemUsage(
         timestamp=timestamp_ns,
         fs_id=pb.FilesystemIdentifier(mountpoint=str(usage.path)),

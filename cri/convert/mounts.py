@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from cri.convert.enums import enum_value
 from cri.convert.userns import mount_mappings
 from cri.proto import api_pb2 as pb
@@ -19,7 +17,7 @@ _PROPAGATION = {
 _PROPAGATION_TO_PB = {v: k for k, v in _PROPAGATION.items()}
 
 
-def mount_from_proto(index: int, mount: Any) -> Mount:
+def mount_from_proto(index: int, mount: pb.Mount) -> Mount:
     field = f"config.mounts[{index}]"
     if not mount.container_path.startswith("/"):
         raise InvalidArgument(f"{field}.container_path {mount.container_path!r} is not absolute")
@@ -53,7 +51,7 @@ def mount_from_proto(index: int, mount: Any) -> Mount:
     )
 
 
-def mounts_to_proto(container: Container) -> list[Any]:
+def mounts_to_proto(container: Container) -> list[pb.Mount]:
     """As created; an image volume names the image id it resolved to."""
     return [
         pb.Mount(
@@ -69,10 +67,10 @@ def mounts_to_proto(container: Container) -> list[Any]:
     ]
 
 
-def _volume_image_to_proto(container: Container, path: str) -> Any:
+def _volume_image_to_proto(container: Container, path: str) -> pb.ImageSpec | None:
     image_id = container.volume_images.get(path, "")
     return pb.ImageSpec(image=image_id, image_ref=container.volume_image_refs.get(path, image_id))
 
 
-def device_from_proto(device: Any) -> Device:
+def device_from_proto(device: pb.Device) -> Device:
     return Device(device.container_path, device.host_path, device.permissions or "rwm")

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from cri.proto import api_pb2 as pb
 from runtime.errors import InvalidArgument
 from runtime.pods.model import PodResources
 from runtime.resources import Resources
 
 
-def resources_from_proto(r: Any) -> Resources:
+def resources_from_proto(r: pb.LinuxContainerResources) -> Resources:
     return Resources(
         cpu_period=r.cpu_period,
         cpu_quota=r.cpu_quota,
@@ -25,14 +23,14 @@ def resources_from_proto(r: Any) -> Resources:
     )
 
 
-def resources_update_from_proto(request: Any) -> Resources:
+def resources_update_from_proto(request: pb.UpdateContainerResourcesRequest) -> Resources:
     """UpdateContainerResourcesRequest: Moorage honours the Linux resources only."""
     if not request.HasField("linux"):
         raise InvalidArgument("linux resources are missing")
     return resources_from_proto(request.linux)
 
 
-def pod_resources_from_proto(request: Any) -> PodResources:
+def pod_resources_from_proto(request: pb.UpdatePodSandboxResourcesRequest) -> PodResources:
     """UpdatePodSandboxResourcesRequest: either part may be absent, meaning nothing set."""
     return PodResources(
         resources=resources_from_proto(request.resources),
@@ -40,7 +38,7 @@ def pod_resources_from_proto(request: Any) -> PodResources:
     )
 
 
-def resources_to_proto(r: Resources) -> Any:
+def resources_to_proto(r: Resources) -> pb.ContainerResources:
     return pb.ContainerResources(
         linux=pb.LinuxContainerResources(
             cpu_period=r.cpu_period,

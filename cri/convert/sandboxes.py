@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Iterable
 
 from cri.convert.enums import enum_value
 from cri.convert.security import namespace_options_from_proto, namespace_options_to_proto
@@ -23,7 +23,7 @@ STATES_TO_PB = {SandboxState.READY: pb.SANDBOX_READY, SandboxState.NOTREADY: pb.
 STATES = {value: state for state, value in STATES_TO_PB.items()}
 
 
-def sandbox_config_from_proto(request: Any) -> SandboxConfig:
+def sandbox_config_from_proto(request: pb.RunPodSandboxRequest) -> SandboxConfig:
     if not request.HasField("config"):
         raise InvalidArgument("config is missing")
     config = request.config
@@ -61,7 +61,7 @@ def sandbox_config_from_proto(request: Any) -> SandboxConfig:
     )
 
 
-def _port_mappings(mappings: Any) -> list[PortMapping]:
+def _port_mappings(mappings: Iterable[pb.PortMapping]) -> list[PortMapping]:
     ports: list[PortMapping] = []
     for i, p in enumerate(mappings):
         protocol = enum_value(_PROTOCOLS, p.protocol, f"config.port_mappings[{i}].protocol")
@@ -88,13 +88,13 @@ def _same_host_port(a: PortMapping, b: PortMapping) -> bool:
     )
 
 
-def metadata_to_proto(md: PodMetadata) -> Any:
+def metadata_to_proto(md: PodMetadata) -> pb.PodSandboxMetadata:
     return pb.PodSandboxMetadata(
         name=md.name, uid=md.uid, namespace=md.namespace, attempt=md.attempt
     )
 
 
-def sandbox_status_to_proto(sandbox: Sandbox) -> Any:
+def sandbox_status_to_proto(sandbox: Sandbox) -> pb.PodSandboxStatus:
     return pb.PodSandboxStatus(
         id=sandbox.id,
         metadata=metadata_to_proto(sandbox.config.metadata),
@@ -113,7 +113,7 @@ def sandbox_status_to_proto(sandbox: Sandbox) -> Any:
     )
 
 
-def sandbox_to_proto(sandbox: Sandbox) -> Any:
+def sandbox_to_proto(sandbox: Sandbox) -> pb.PodSandbox:
     return pb.PodSandbox(
         id=sandbox.id,
         metadata=metadata_to_proto(sandbox.config.metadata),

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from cri.convert.enums import enum_value
 from cri.convert.userns import user_namespace
 from cri.proto import api_pb2 as pb
@@ -25,7 +23,7 @@ _SECCOMP = {
 }
 
 
-def namespace_options_from_proto(ns: Any, field: str) -> NamespaceOptions:
+def namespace_options_from_proto(ns: pb.NamespaceOption, field: str) -> NamespaceOptions:
     return NamespaceOptions(
         network=enum_value(_MODES, ns.network, f"{field}.network"),
         pid=enum_value(_MODES, ns.pid, f"{field}.pid"),
@@ -37,7 +35,7 @@ def namespace_options_from_proto(ns: Any, field: str) -> NamespaceOptions:
     )
 
 
-def namespace_options_to_proto(ns: NamespaceOptions) -> Any:
+def namespace_options_to_proto(ns: NamespaceOptions) -> pb.NamespaceOption:
     return pb.NamespaceOption(
         network=_MODES_TO_PB[ns.network],
         pid=_MODES_TO_PB[ns.pid],
@@ -46,7 +44,7 @@ def namespace_options_to_proto(ns: NamespaceOptions) -> Any:
     )
 
 
-def container_security_from_proto(sc: Any) -> ContainerSecurity:
+def container_security_from_proto(sc: pb.LinuxContainerSecurityContext) -> ContainerSecurity:
     field = "config.linux.security_context"
     return ContainerSecurity(
         strict_supplemental_groups=sc.supplemental_groups_policy
@@ -71,7 +69,7 @@ def container_security_from_proto(sc: Any) -> ContainerSecurity:
     )
 
 
-def _seccomp(sc: Any, field: str) -> Seccomp:
+def _seccomp(sc: pb.LinuxContainerSecurityContext, field: str) -> Seccomp:
     """The profile the request names, in the `seccomp` message or the deprecated string."""
     if sc.HasField("seccomp"):
         kind = enum_value(_SECCOMP, sc.seccomp.profile_type, f"{field}.seccomp.profile_type")
@@ -92,7 +90,7 @@ def _seccomp(sc: Any, field: str) -> Seccomp:
     )
 
 
-def _apparmor(sc: Any, field: str) -> str:
+def _apparmor(sc: pb.LinuxContainerSecurityContext, field: str) -> str:
     """The profile in the form the deprecated apparmor_profile string used."""
     if sc.HasField("apparmor"):
         kind = sc.apparmor.profile_type

@@ -7,7 +7,7 @@ running with a weaker or different mapping.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Sequence
 
 from cri.proto import api_pb2 as pb
 from runtime.errors import InvalidArgument, Unimplemented
@@ -16,7 +16,9 @@ from runtime.pods.model import IdMapping, UserNamespace
 _MAX_ID = 2**32 - 1
 
 
-def user_namespace(options: Any, has_options: bool, field: str) -> UserNamespace | None:
+def user_namespace(
+    options: pb.UserNamespace, has_options: bool, field: str
+) -> UserNamespace | None:
     """The user namespace a NamespaceOption asks for; None for the node's."""
     if not has_options:
         return None
@@ -36,7 +38,7 @@ def user_namespace(options: Any, has_options: bool, field: str) -> UserNamespace
     return UserNamespace(uids=_single(uids, f"{field}.uids"), gids=_single(gids, f"{field}.gids"))
 
 
-def mount_mappings(mount: Any, field: str) -> UserNamespace | None:
+def mount_mappings(mount: pb.Mount, field: str) -> UserNamespace | None:
     """A Mount's idmapping, or None when it has none; both kinds or neither."""
     uids, gids = list(mount.uidMappings), list(mount.gidMappings)
     if not uids and not gids:
@@ -46,7 +48,7 @@ def mount_mappings(mount: Any, field: str) -> UserNamespace | None:
     )
 
 
-def _single(mappings: list[Any], field: str) -> IdMapping:
+def _single(mappings: Sequence[pb.IDMapping], field: str) -> IdMapping:
     if len(mappings) != 1:
         raise InvalidArgument(f"{field}: exactly one mapping is supported, got {len(mappings)}")
     (m,) = mappings
