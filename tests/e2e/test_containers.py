@@ -95,7 +95,7 @@ def test_status_reports_what_was_asked_and_resolved(
     assert running.image.image == image
     assert running.image.image_ref == running.image_ref
     (listed,) = list_containers(agent, pb.ContainerFilter(id=container_id))
-    assert listed.image.image_ref == running.image_ref
+    assert listed.image_ref == running.image_ref
     assert dict(running.labels) == {"app": "web"}
     assert dict(running.annotations) == {"note": "kept"}
     assert [m.container_path for m in running.mounts] == ["/data"]
