@@ -84,10 +84,12 @@ def test_a_volume_recorded_before_image_refs_reports_its_id() -> None:
 
 def test_a_containers_image_spec_carries_its_digest_reference() -> None:
     made = container("c1")
+    listed, status = container_to_proto(made), container_status_to_proto(made)
 
-    for spec in (container_to_proto(made).image, container_status_to_proto(made).image):
-        assert spec.image == "busybox"
-        assert spec.image_ref == made.image_ref
+    assert listed.image.image == status.image.image == "busybox"
+    assert status.image.image_ref == made.image_ref
+    # The listing carries it once, in Container.image_ref.
+    assert (listed.image.image_ref, listed.image_ref) == ("", made.image_ref)
 
 
 IMAGE_ID = "sha256:" + "f" * 64
