@@ -55,7 +55,9 @@ METRICS_PORT = free_port()
 
 @contextlib.contextmanager
 def own_agent(
-    launcher: Sequence[str | Path] = (), env: Mapping[str, str] | None = None
+    launcher: Sequence[str | Path] = (),
+    env: Mapping[str, str] | None = None,
+    log_level: str = "warning",
 ) -> Iterator[tuple[Path, int]]:
     """launcher: what runs `moorage` (its argv before the subcommand), the installed entry
     point by default; env: added to the agent's environment."""
@@ -87,7 +89,7 @@ def own_agent(
             "--run-dir",
             base / "run",
             "--log-level",
-            "warning",
+            log_level,
         ],
         stdout=log,
         stderr=log,
