@@ -54,6 +54,19 @@ def read_spec(paths: ContainerPaths) -> dict[str, Any]:
     return spec
 
 
+def update_spec_resources(paths: ContainerPaths, resources: dict[str, Any]) -> None:
+    """Set fields of linux.resources replaced, the rest (devices among them) kept, as the
+    runtime's `update` does for a container it runs."""
+    spec = read_spec(paths)
+    current = spec.setdefault("linux", {}).setdefault("resources", {})
+    for name, value in resources.items():
+        if isinstance(value, dict) and isinstance(current.get(name), dict):
+            current[name].update(value)
+        else:
+            current[name] = value
+    write_spec(paths, spec)
+
+
 def release_volume_mounts(paths: ContainerPaths) -> None:
     """Detach the staged binds and image volumes from the host once the runtime's create has
     bound them into the container's mount namespace, which keeps its own copies. Left on the

@@ -16,8 +16,10 @@ from runtime.containers.build import BuiltContainer, ContainerBuilder
 from runtime.containers.bundle import (
     container_cgroup_path,
     exec_process_spec,
+    read_spec,
     release_volume_mounts,
     remove_files,
+    update_spec_resources,
 )
 from runtime.containers.model import Container, ImageRuntimeConfig
 from runtime.host.cgroups import CgroupLayout
@@ -46,8 +48,8 @@ class ContainerHost(Protocol):
         mounts detached; conmon leaves nothing when the runtime refuses."""
         ...
 
-    async def created(self, container: Container, built: BuiltContainer) -> None:
-        """After a successful create: whatever later creates may reuse from this one."""
+    async def created(self, container: Container) -> None:
+        """After the runtime's successful create: whatever later creates may reuse from it."""
         ...
 
     async def start(self, container: Container) -> None: ...
@@ -126,11 +128,14 @@ class KernelContainerHost:
         await asyncio.to_thread(release_volume_mounts, paths)
         return process
 
-    async def created(self, container: Container, built: BuiltContainer) -> None:
+    async def created(self, container: Container) -> None:
         filters = self._filters.get(container.runtime_handler)
         if filters is not None:
             state_dir = self.runtimes[container.runtime_handler].state_root / container.id
-            await asyncio.to_thread(filters.learn, built.spec, state_dir)
+            await asyncio.to_thread(self._learn, filters, container.id, state_dir)
+
+    def _learn(self, filters: SeccompFilters, container_id: str, state_dir: Path) -> None:
+        filters.learn(read_spec(self.layout.container(container_id)), state_dir)
 
     async def start(self, container: Container) -> None:
         await self.runtimes[container.runtime_handler].start(container.id)
@@ -155,6 +160,12 @@ class KernelContainerHost:
             self.cgroups.remove(container_cgroup_path(sandbox.cgroup_path, container_id))
 
     async def update(self, container: Container, resources: dict[str, Any]) -> None:
+        if not container.conmon_pid:
+            # Not in the runtime yet: the limits wait in the spec its create will read.
+            await asyncio.to_thread(
+                update_spec_resources, self.layout.container(container.id), resources
+            )
+            return
         await self.runtimes[container.runtime_handler].update(container.id, resources)
 
     async def reopen_log(self, container: Container) -> None:

@@ -43,7 +43,6 @@ from runtime.images.manager import ImageManager
 from runtime.in_flight import InFlight, KeyedLocks
 from runtime.oci.conmon import (
     ConmonError,
-    ContainerCreateError,
 )
 from runtime.oci.exit_files import exit_recorded
 from runtime.oci.runtime_cli import OciRuntimeError
@@ -178,38 +177,23 @@ class ContainerManager:
         lowers = self.images.lower_dirs(image)
         try:
             built = await self.host.build(container, sandbox, image_config, lowers, volumes)
-            files_done = time.perf_counter()
-            process = await self.host.create(container)
-        except BaseException as exc:
+        except BaseException:
             await self._undo_create(container, sandbox)
-            if isinstance(exc, ContainerCreateError):
-                raise ContainerRuntimeFailed(f"creating container {config.name!r}: {exc}") from None
             raise
-        await self.host.created(container, built)
         self._exited[container_id] = asyncio.Event()
         created = self.store.update(
-            container_id,
-            lambda c: replace(
-                c,
-                state=ContainerState.CREATED,
-                user=built.user,
-                pid=process.pid,
-                conmon_pid=process.conmon_pid,
-            ),
+            container_id, lambda c: replace(c, state=ContainerState.CREATED, user=built.user)
         )
         bound.info(
             "container created",
             name=config.name,
             image=image.id,
             ms=round((time.perf_counter() - started) * 1000, 2),
-            files_ms=round((files_done - started) * 1000, 2),
         )
         self._publish(EventKind.CREATED, created)
         return created
 
     async def _undo_create(self, container: Container, sandbox: Sandbox) -> None:
-        with contextlib.suppress(OciRuntimeError):
-            await self.host.delete(container)
         await self.host.remove_files(container.id, sandbox)
         self.store.delete(container.id)
 
@@ -221,6 +205,9 @@ class ContainerManager:
                 raise FailedPrecondition(
                     f"container {container.id} is {container.state.value}, not created"
                 )
+            # As in containerd, the runtime's create waits for the start: CreateContainer only
+            # prepares files, and a created container holds no process, conmon or cgroup.
+            await self._create_in_runtime(container)
             # Taken before the start: a short-lived container may exit (and be recorded as
             # finished) before the runtime's `start` returns.
             now = time.time_ns()
@@ -246,6 +233,22 @@ class ContainerManager:
             self._publish(EventKind.STARTED, started)
             if started.state is ContainerState.EXITED:
                 self._publish(EventKind.STOPPED, started)
+
+    async def _create_in_runtime(self, container: Container) -> None:
+        try:
+            process = await self.host.create(container)
+        except BaseException as exc:
+            with contextlib.suppress(OciRuntimeError):
+                await self.host.delete(container)
+            if not isinstance(exc, ConmonError | OciRuntimeError):
+                raise
+            self._finish(container, 128, "ContainerCannotRun", str(exc))
+            raise ContainerRuntimeFailed(f"starting container {container.id}: {exc}") from None
+        await self.host.created(container)
+        self.store.update(
+            container.id,
+            lambda c: replace(c, pid=process.pid, conmon_pid=process.conmon_pid),
+        )
 
     async def _stop(self, id_or_prefix: str, timeout_s: float) -> None:
         # The CRI makes stop idempotent: the kubelet retries it after restarts, for
@@ -294,8 +297,9 @@ class ContainerManager:
             if current is None:
                 return
             await self._stop_locked(current, 0)
-            with contextlib.suppress(OciRuntimeError):
-                await self.host.delete(current)
+            if current.conmon_pid:
+                with contextlib.suppress(OciRuntimeError):
+                    await self.host.delete(current)
             await self.host.remove_files(current.id, self.sandboxes.find(current.sandbox_id))
             final = self.store.find(current.id) or current
             self.store.delete(current.id)

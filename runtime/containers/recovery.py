@@ -39,6 +39,8 @@ async def reconcile_containers(
         try:
             if container.state is ContainerState.CREATING:
                 fixed += await _remove_half_created(settings, cgroups, stores, runtimes, container)
+            elif container.state is ContainerState.CREATED and not container.conmon_pid:
+                fixed += await _undo_half_started(settings, cgroups, stores, runtimes, container)
             else:
                 fixed += await asyncio.to_thread(
                     _reconcile, settings, cgroups, store, sandboxes, container
@@ -72,6 +74,39 @@ async def _remove_half_created(
         )
     store.delete(container.id)
     return [f"removed half-created container {container.id}"]
+
+
+async def _undo_half_started(
+    settings: RuntimeSettings,
+    cgroups: CgroupLayout,
+    stores: tuple[ContainerStore, SandboxStore],
+    runtimes: dict[str, OciRuntime],
+    container: Container,
+) -> list[str]:
+    """A created container is handed to the runtime by its start: one the agent died in the
+    middle of goes back to created, to be started again, if its rootfs is still mounted."""
+    store, sandboxes = stores
+    fixed = []
+    pids = await asyncio.to_thread(conmon_pids, container.id)
+    if pids:
+        for pid in pids:
+            _kill(pid)
+        runtime = runtimes.get(container.runtime_handler)
+        if runtime is not None:
+            with contextlib.suppress(OciRuntimeError):
+                await runtime.delete(container.id, force=True)
+        fixed.append(f"undid the interrupted start of container {container.id}")
+    rootfs = settings.layout.container(container.id).rootfs
+    if await asyncio.to_thread(os.path.ismount, rootfs):
+        return fixed
+    ExitRecorder(store, sandboxes, cgroups.oom_kills).record(
+        container,
+        UNKNOWN_EXIT_CODE,
+        time.time_ns(),
+        "Unknown",
+        "the container's rootfs is gone before it started (host reboot?)",
+    )
+    return [*fixed, f"container {container.id} lost its rootfs before it started"]
 
 
 def _reconcile(

@@ -122,9 +122,10 @@ def test_list_filters_by_id_state_pod_and_labels(agent: Agent, pod: Pod, image: 
 def test_stop_lets_a_container_that_traps_sigterm_exit_cleanly(
     agent: Agent, pod: Pod, image: str
 ) -> None:
-    script = "trap 'echo bye; exit 0' TERM; while :; do sleep 0.1; done"
+    script = "trap 'echo bye; exit 0' TERM; echo trapped; while :; do sleep 0.1; done"
     container_id = pod.run(container_config(image, ["sh", "-c", script], log_path="t.log"))
-    wait_until(lambda: state(agent, container_id) == pb.CONTAINER_RUNNING)
+    # A TERM that comes before the trap is set ends the shell with 143.
+    wait_until(lambda: ("stdout", "F", "trapped") in log_records(log_file(pod, "t.log")))
 
     stop(agent, container_id, timeout=10)
 

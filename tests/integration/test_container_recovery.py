@@ -52,3 +52,35 @@ async def test_a_half_created_container_is_deleted_through_its_runtime(host: Hos
     assert await host.runtime.state(container_id) is None
     assert await wait_until_async(lambda: not conmon_pids(container_id), 2.0)
     db.close()
+
+
+async def test_an_interrupted_start_is_undone_through_its_runtime(host: Host) -> None:
+    """The agent died in a start, between conmon's create and the row's conmon pid: recovery
+    ends that conmon and deletes the container from the runtime; without its rootfs mount
+    (gone, as after a reboot) the container cannot start again and is reported exited."""
+    container_id, _, _ = await host.create(["/bin/sleep", "60"])
+    settings = RuntimeSettings(root_dir=host.base / "root", run_dir=host.base / "run")
+    db = StateDB(host.base / "state.db")
+    store, sandboxes = ContainerStore(db), SandboxStore(db)
+    half = replace(
+        container(container_id, sandbox_id="gone"),
+        state=ContainerState.CREATED,
+        runtime_handler=host.runtime.name,
+        pid=0,
+        conmon_pid=0,
+    )
+    store.reserve(half, f"{container_id}_pod")
+
+    fixed = await reconcile_containers(
+        settings, CgroupLayout.detect(), (store, sandboxes), {host.runtime.name: host.runtime}
+    )
+
+    assert fixed == [
+        f"undid the interrupted start of container {container_id}",
+        f"container {container_id} lost its rootfs before it started",
+    ]
+    assert await host.runtime.state(container_id) is None
+    assert await wait_until_async(lambda: not conmon_pids(container_id), 2.0)
+    [ended] = store.all()
+    assert (ended.state, ended.reason) == (ContainerState.EXITED, "Unknown")
+    db.close()

@@ -134,7 +134,7 @@ class FakeContainerHost(RecordingHost):
         self._next_pid += 2
         return ConmonProcess(conmon_pid=self._next_pid - 1, pid=self._next_pid)
 
-    async def created(self, container: Container, built: BuiltContainer) -> None:
+    async def created(self, container: Container) -> None:
         await self._step("created", container.id)
 
     async def start(self, container: Container) -> None:

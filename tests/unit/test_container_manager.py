@@ -122,7 +122,7 @@ async def running(manager: ContainerManager, image_id: str, name: str = "app") -
 # --- state and events -----------------------------------------------------------------------
 
 
-async def test_a_create_builds_then_creates_and_records_conmon_and_the_process(
+async def test_a_create_only_builds_and_the_start_hands_it_to_the_runtime(
     manager: ContainerManager,
     host: FakeContainerHost,
     image_id: str,
@@ -131,12 +131,47 @@ async def test_a_create_builds_then_creates_and_records_conmon_and_the_process(
 ) -> None:
     created = await manager.create(POD, config(image_id))
 
-    assert host.steps(created.id) == ["build", "create", "created"]
+    assert host.steps(created.id) == ["build"]
     [row] = rows_on_disk(db_path)
-    assert (row.state, row.conmon_pid, row.pid) == (ContainerState.CREATED, 101, 102)
+    assert (row.state, row.conmon_pid, row.pid) == (ContainerState.CREATED, 0, 0)
     assert row.stop_signal == "SIGQUIT"
     assert row.log_path.endswith("app/0.log")
     assert await kinds_of(events, 1) == [(EventKind.CREATED, created.id)]
+
+    await manager.start(created.id)
+
+    assert host.steps(created.id) == ["build", "create", "created", "start"]
+    [row] = rows_on_disk(db_path)
+    assert (row.state, row.conmon_pid, row.pid) == (ContainerState.RUNNING, 101, 102)
+
+
+async def test_a_runtime_refusing_the_create_fails_the_start_and_ends_the_container(
+    manager: ContainerManager, host: FakeContainerHost, image_id: str
+) -> None:
+    created = await manager.create(POD, config(image_id))
+    host.fail("create", ContainerCreateError("crun: executable file not found"))
+
+    with pytest.raises(ContainerRuntimeFailed, match="executable file not found"):
+        await manager.start(created.id)
+
+    ended = manager.status(created.id)
+    assert (ended.state, ended.exit_code, ended.reason) == (
+        ContainerState.EXITED,
+        128,
+        "ContainerCannotRun",
+    )
+    assert "start" not in host.steps(created.id)
+
+
+async def test_limits_of_a_container_not_yet_started_wait_for_its_create(
+    manager: ContainerManager, host: FakeContainerHost, image_id: str
+) -> None:
+    created = await manager.create(POD, config(image_id))
+
+    await manager.update_resources(created.id, Resources(cpu_shares=512))
+
+    assert host.updates == [{"cpu": {"shares": 512}}]
+    assert manager.status(created.id).resources.cpu_shares == 512
 
 
 async def test_while_a_container_is_built_its_row_is_on_disk_as_creating_and_hidden(
@@ -205,7 +240,7 @@ async def test_a_container_of_a_stopped_pod_is_neither_created_nor_started(
         await manager.start(created.id)
     with pytest.raises(FailedPrecondition, match="not ready"):
         await manager.create(POD, config(image_id, "other"))
-    assert [step for step, _ in host.calls] == ["build", "create", "created"]
+    assert [step for step, _ in host.calls] == ["build"]
 
 
 async def test_a_start_the_runtime_refuses_ends_the_container_as_cannot_run(
@@ -305,7 +340,8 @@ async def test_stop_and_remove_of_unknown_or_removed_containers_succeed(
     await manager.remove(created.id)
     await manager.stop(created.id, timeout_s=10)
 
-    assert host.steps(created.id)[3:] == ["delete", "remove_files"]
+    # Never started, so never in the runtime: nothing there to delete.
+    assert host.steps(created.id) == ["build", "remove_files"]
     assert rows_on_disk(db_path) == []
 
 
@@ -340,7 +376,7 @@ async def test_a_runtime_that_cannot_delete_does_not_keep_the_row(
 # --- undo of a failed create ----------------------------------------------------------------
 
 
-async def test_a_failed_build_deletes_and_removes_the_files_then_drops_the_row(
+async def test_a_failed_build_removes_the_files_then_drops_the_row(
     manager: ContainerManager,
     host: FakeContainerHost,
     image_id: str,
@@ -352,7 +388,7 @@ async def test_a_failed_build_deletes_and_removes_the_files_then_drops_the_row(
     with pytest.raises(InvalidArgument, match="no such host path"):
         await manager.create(POD, config(image_id))
 
-    assert [step for step, _ in host.calls] == ["build", "delete", "remove_files"]
+    assert [step for step, _ in host.calls] == ["build", "remove_files"]
     assert rows_on_disk(db_path) == []
     retried = await manager.create(POD, config(image_id))
     assert retried.state is ContainerState.CREATED
@@ -360,29 +396,18 @@ async def test_a_failed_build_deletes_and_removes_the_files_then_drops_the_row(
     assert await kinds_of(events, 1) == [(EventKind.CREATED, retried.id)]
 
 
-async def test_a_create_the_runtime_refuses_is_a_runtime_failure_and_leaves_nothing(
-    manager: ContainerManager, host: FakeContainerHost, image_id: str, db_path: Path
+async def test_a_start_whose_undo_delete_fails_still_ends_the_container(
+    manager: ContainerManager, host: FakeContainerHost, image_id: str
 ) -> None:
-    host.fail("create", ContainerCreateError("pivot_root: invalid argument"))
-
-    with pytest.raises(ContainerRuntimeFailed, match="creating container 'app': pivot_root"):
-        await manager.create(POD, config(image_id))
-
-    assert [step for step, _ in host.calls] == ["build", "create", "delete", "remove_files"]
-    assert rows_on_disk(db_path) == []
-
-
-async def test_an_undo_whose_delete_fails_still_removes_the_files_and_the_row(
-    manager: ContainerManager, host: FakeContainerHost, image_id: str, db_path: Path
-) -> None:
+    created = await manager.create(POD, config(image_id))
     host.fail("create", ContainerCreateError("runtime died"))
     host.fail("delete", OciRuntimeError("delete", 1, "state dir is busy"))
 
     with pytest.raises(ContainerRuntimeFailed, match="runtime died"):
-        await manager.create(POD, config(image_id))
+        await manager.start(created.id)
 
-    assert [step for step, _ in host.calls][-1] == "remove_files"
-    assert rows_on_disk(db_path) == []
+    assert host.steps(created.id) == ["build", "create", "delete"]
+    assert manager.status(created.id).state is ContainerState.EXITED
 
 
 async def test_a_missing_image_is_not_found_before_any_host_work(
@@ -412,25 +437,26 @@ async def test_a_caller_cancelled_during_the_build_leaves_a_whole_created_contai
 
     [row] = rows_on_disk(db_path)
     assert row.state is ContainerState.CREATED
-    assert host.steps(row.id) == ["build", "create", "created"]
+    assert host.steps(row.id) == ["build"]
 
 
-async def test_a_caller_cancelled_before_a_failing_create_leaves_nothing(
-    manager: ContainerManager, host: FakeContainerHost, image_id: str, db_path: Path
+async def test_a_caller_cancelled_before_a_failing_runtime_create_gets_an_ended_container(
+    manager: ContainerManager, host: FakeContainerHost, image_id: str
 ) -> None:
+    created = await manager.create(POD, config(image_id))
     hold = host.hold("create")
     host.fail("create", ContainerCreateError("no"))
-    create = asyncio.create_task(manager.create(POD, config(image_id)))
+    start = asyncio.create_task(manager.start(created.id))
     await hold.reached.wait()
-    create.cancel()
+    start.cancel()
     with pytest.raises(asyncio.CancelledError):
-        await create
+        await start
 
     hold.release()
     await manager.drain()
 
-    assert [step for step, _ in host.calls] == ["build", "create", "delete", "remove_files"]
-    assert rows_on_disk(db_path) == []
+    assert host.steps(created.id) == ["build", "create", "delete"]
+    assert manager.status(created.id).reason == "ContainerCannotRun"
 
 
 # --- serialisation --------------------------------------------------------------------------
