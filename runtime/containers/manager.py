@@ -80,8 +80,11 @@ class ContainerManager:
         self._locks = KeyedLocks()
         self._exited: dict[str, asyncio.Event] = {}
         self._in_flight = InFlight()
+        # Removed containers whose host clean-up is under way: id -> (sandbox id, task).
+        self._cleanups: dict[str, tuple[str, asyncio.Task[None]]] = {}
         self._exits = ExitRecorder(store, sandboxes, host.oom_kills)
         images.in_use = self.image_ids_in_use
+        images.removals_settled = self.removals_settled
 
     # -- queries ------------------------------------------------------------------------
 
@@ -119,8 +122,15 @@ class ContainerManager:
         await asyncio.gather(*(self.stop(i, 0) for i in ids))
 
     async def remove_all(self, sandbox_id: str) -> None:
+        """Every container of the pod removed, clean-ups included: the pod's own clean-up
+        (its cgroup, its namespaces) needs them gone."""
         ids = [c.id for c in self.store.in_sandbox(sandbox_id)]
         await asyncio.gather(*(self._in_flight.run(self._remove(i)) for i in ids))
+        cleanups = [t for sid, t in self._cleanups.values() if sid == sandbox_id]
+        await asyncio.gather(*cleanups, return_exceptions=True)
+
+    async def removals_settled(self) -> None:
+        await asyncio.gather(*(t for _, t in self._cleanups.values()), return_exceptions=True)
 
     async def drain(self) -> None:
         await self._in_flight.drain()
@@ -297,15 +307,28 @@ class ContainerManager:
             if current is None:
                 return
             await self._stop_locked(current, 0)
-            if current.conmon_pid:
-                with contextlib.suppress(OciRuntimeError):
-                    await self.host.delete(current)
-            await self.host.remove_files(current.id, self.sandboxes.find(current.sandbox_id))
             final = self.store.find(current.id) or current
-            self.store.delete(current.id)
+            retired = self.store.retire(current.id)
             self._exited.pop(current.id, None)
             log.info("container removed", container_id=current.id)
             self._publish(EventKind.DELETED, final)
+        # The runtime's delete, the unmount and the file and cgroup removal take tens of
+        # ms that the kubelet need not wait for: its next calls see the container gone.
+        task = asyncio.ensure_future(self._in_flight.run(self._clean_up(retired)))
+        self._cleanups[retired.id] = (retired.sandbox_id, task)
+        task.add_done_callback(lambda _: self._cleanups.pop(retired.id, None))
+
+    async def _clean_up(self, container: Container) -> None:
+        try:
+            if container.conmon_pid:
+                with contextlib.suppress(OciRuntimeError):
+                    await self.host.delete(container)
+            await self.host.remove_files(container.id, self.sandboxes.find(container.sandbox_id))
+        except OSError as exc:
+            # The row stays as removing: the next start of the agent tries again.
+            log.warning("container clean-up failed", container_id=container.id, error=str(exc))
+            return
+        self.store.delete(container.id)
 
     async def update_resources(self, id_or_prefix: str, resources: Resources) -> Container:
         check_resources(resources, "linux")

@@ -164,6 +164,8 @@ class Container:
     exit_code: int = 0
     reason: str = ""
     message: str = ""
+    # Removed for the CRI, its host files, runtime state and cgroup still being cleaned up.
+    removing: bool = False
 
     @property
     def name(self) -> str:

@@ -37,7 +37,7 @@ async def reconcile_containers(
     fixed: list[str] = []
     for container in store.all():
         try:
-            if container.state is ContainerState.CREATING:
+            if container.state is ContainerState.CREATING or container.removing:
                 fixed += await _remove_half_created(settings, cgroups, stores, runtimes, container)
             elif container.state is ContainerState.CREATED and not container.conmon_pid:
                 fixed += await _undo_half_started(settings, cgroups, stores, runtimes, container)
@@ -73,6 +73,8 @@ async def _remove_half_created(
             cgroups.remove, container_cgroup_path(sandbox.cgroup_path, container.id)
         )
     store.delete(container.id)
+    if container.removing:
+        return [f"finished removing container {container.id}"]
     return [f"removed half-created container {container.id}"]
 
 

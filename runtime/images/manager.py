@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +38,8 @@ class ImageManager:
         self.puller = ImagePuller(self.settings, self.store, self.content, self.layers, self.client)
         # Image ids that containers use; the containers layer replaces this.
         self.in_use: Callable[[], set[str]] = set
+        # Waits for container removals whose clean-up is under way; theirs too.
+        self.removals_settled: Callable[[], Awaitable[None]] = _nothing_pending
         self._pinned = {_normalized(name) for name in self.settings.pinned_images}
         self._gc_lock = asyncio.Lock()
 
@@ -86,6 +88,8 @@ class ImageManager:
         image = self.find(text)
         if image is None:
             return
+        # A container removed a moment ago still holds its layers until its clean-up ends.
+        await self.removals_settled()
         if image.id in self.in_use():
             # Kubelet removes images under disk pressure: the names go now, the content with
             # the last container using it.
@@ -167,3 +171,7 @@ def _normalized(name: str) -> str:
         return str(parse_reference(name))
     except InvalidReference:
         return name
+
+
+async def _nothing_pending() -> None:
+    return None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 
 from runtime.containers.model import Container, ContainerFilter, ContainerState
 from runtime.errors import InvalidArgument, NameReserved, NotFound
@@ -21,8 +22,12 @@ class ContainerStore:
         self._by_id: dict[str, Container] = {}
         self._names: dict[str, str] = {}
         self._name_by_id: dict[str, str] = {}
+        self._retiring: dict[str, Container] = {}
         for name, record in db.named_records("containers"):
             container = from_json(Container, record)
+            if container.removing:
+                self._retiring[container.id] = container
+                continue
             self._by_id[container.id] = container
             self._names[name] = container.id
             self._name_by_id[container.id] = name
@@ -43,7 +48,21 @@ class ContainerStore:
         self._by_id[container_id] = updated
         return updated
 
+    def retire(self, container_id: str) -> Container:
+        """Gone for every query and its name free, but kept on disk as removing until its
+        clean-up ends (delete), so that a restart finishes the clean-up."""
+        retired = replace(self._by_id.pop(container_id), removing=True)
+        name = self._name_by_id.pop(container_id)
+        self._names.pop(name, None)
+        # The name column is unique and the name is free again: the row keys on the id.
+        self._db.put("containers", container_id, container_id, to_json(retired))
+        self._retiring[container_id] = retired
+        return retired
+
     def delete(self, container_id: str) -> None:
+        if self._retiring.pop(container_id, None) is not None:
+            self._db.delete("containers", container_id)
+            return
         if self._by_id.pop(container_id, None) is None:
             return
         self._db.delete("containers", container_id)
@@ -78,7 +97,8 @@ class ContainerStore:
         return [c for c in self._by_id.values() if c.sandbox_id == sandbox_id]
 
     def all(self) -> list[Container]:
-        return list(self._by_id.values())
+        """Retiring ones included: their layers stay in use and their cgroups exist."""
+        return [*self._by_id.values(), *self._retiring.values()]
 
     def _visible(self) -> list[Container]:
         return [c for c in self._by_id.values() if c.state is not ContainerState.CREATING]

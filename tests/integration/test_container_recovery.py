@@ -84,3 +84,31 @@ async def test_an_interrupted_start_is_undone_through_its_runtime(host: Host) ->
     [ended] = store.all()
     assert (ended.state, ended.reason) == (ContainerState.EXITED, "Unknown")
     db.close()
+
+
+async def test_a_removal_the_agent_died_in_is_finished(host: Host) -> None:
+    """RemoveContainer answered, the agent died before the clean-up: recovery deletes the
+    container through its runtime and drops the row."""
+    container_id, _, _ = await host.create(["/bin/sleep", "60"])
+    settings = RuntimeSettings(root_dir=host.base / "root", run_dir=host.base / "run")
+    db = StateDB(host.base / "state.db")
+    store = ContainerStore(db)
+    store.reserve(
+        replace(container(container_id, sandbox_id="gone"), runtime_handler=host.runtime.name),
+        f"{container_id}_pod",
+    )
+    store.retire(container_id)
+    store = ContainerStore(db)
+    assert store.find(container_id) is None
+
+    fixed = await reconcile_containers(
+        settings,
+        CgroupLayout.detect(),
+        (store, SandboxStore(db)),
+        {host.runtime.name: host.runtime},
+    )
+
+    assert fixed == [f"finished removing container {container_id}"]
+    assert store.all() == []
+    assert await host.runtime.state(container_id) is None
+    db.close()

@@ -345,6 +345,43 @@ async def test_stop_and_remove_of_unknown_or_removed_containers_succeed(
     assert rows_on_disk(db_path) == []
 
 
+async def test_a_remove_answers_before_the_clean_up_which_a_restart_would_finish(
+    manager: ContainerManager, host: FakeContainerHost, image_id: str, db_path: Path
+) -> None:
+    started = await running(manager, image_id)
+    hold = host.hold("remove_files")
+
+    await manager.remove(started.id)
+
+    await hold.reached.wait()
+    with pytest.raises(NotFound):
+        manager.status(started.id)
+    assert manager.select() == []
+    [row] = rows_on_disk(db_path)
+    assert (row.id, row.removing) == (started.id, True)
+    # The name is free at once: the kubelet's next attempt may reuse it.
+    again = await manager.create(POD, config(image_id))
+
+    hold.release()
+    await manager.drain()
+    assert [c.id for c in rows_on_disk(db_path)] == [again.id]
+
+
+async def test_removing_a_pods_containers_waits_for_their_clean_up(
+    manager: ContainerManager, host: FakeContainerHost, image_id: str, db_path: Path
+) -> None:
+    started = await running(manager, image_id)
+    hold = host.hold("remove_files")
+    remove_all = asyncio.create_task(manager.remove_all(POD))
+    await hold.reached.wait()
+    assert not remove_all.done()
+
+    hold.release()
+    await remove_all
+    assert host.steps(started.id)[-1] == "remove_files"
+    assert rows_on_disk(db_path) == []
+
+
 async def test_removing_a_running_container_kills_deletes_and_forgets_it(
     manager: ContainerManager, host: FakeContainerHost, image_id: str, events: list[ContainerEvent]
 ) -> None:
