@@ -115,6 +115,7 @@ def track_writes() -> Iterator[WriteTracker]:
 class StateDB:
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
         self._conn = _connect(path)
         self._conn.executescript(_SCHEMA)
         self._settings = dict(self._conn.execute("SELECT key, value FROM settings").fetchall())
@@ -137,17 +138,17 @@ class StateDB:
 
     def records(self, table: str) -> list[str]:
         assert table in _TABLES
-        self._wait_idle()
+        self.wait_written()
         return [row[0] for row in self._conn.execute(f"SELECT record FROM {table}")]
 
     def named_records(self, table: str) -> list[tuple[str, str]]:
         assert table in _TABLES
-        self._wait_idle()
+        self.wait_written()
         return list(self._conn.execute(f"SELECT name, record FROM {table}"))
 
     def allocations(self) -> dict[str, str]:
         """The IP ledger: address -> sandbox id."""
-        self._wait_idle()
+        self.wait_written()
         return dict(self._conn.execute("SELECT address, owner FROM ip_allocations").fetchall())
 
     def setting(self, key: str) -> str | None:
@@ -213,7 +214,8 @@ class StateDB:
         if tracker is not None:
             tracker.writes.append(write)
 
-    def _wait_idle(self) -> None:
+    def wait_written(self) -> None:
+        """Block until every write queued so far is committed (or has failed)."""
         with self._idle:
             self._idle.wait_for(lambda: self._committed >= self._submitted)
 

@@ -10,7 +10,6 @@ import json
 import signal
 from collections.abc import AsyncIterator
 from dataclasses import replace
-from pathlib import Path
 
 import pytest
 
@@ -99,9 +98,11 @@ def config(image_id: str, name: str = "app") -> ContainerConfig:
     return ContainerConfig(name=name, image=image_id, log_path=f"{name}/0.log")
 
 
-def rows_on_disk(db_path: Path) -> list[Container]:
-    """What recovery would find after a crash now: the rows as a new agent reads them."""
-    reopened = StateDB(db_path)
+def rows_on_disk(db: StateDB) -> list[Container]:
+    """What recovery would find after a crash once the queued writes are committed (the
+    interceptor awaits them before answering): the rows as a new agent reads them."""
+    db.wait_written()
+    reopened = StateDB(db.path)
     try:
         return ContainerStore(reopened).all()
     finally:
@@ -126,13 +127,13 @@ async def test_a_create_builds_then_creates_and_records_conmon_and_the_process(
     manager: ContainerManager,
     host: FakeContainerHost,
     image_id: str,
-    db_path: Path,
+    db: StateDB,
     events: list[ContainerEvent],
 ) -> None:
     created = await manager.create(POD, config(image_id))
 
     assert host.steps(created.id) == ["build", "create", "created"]
-    [row] = rows_on_disk(db_path)
+    [row] = rows_on_disk(db)
     assert (row.state, row.conmon_pid, row.pid) == (ContainerState.CREATED, 101, 102)
     assert row.stop_signal == "SIGQUIT"
     assert row.log_path.endswith("app/0.log")
@@ -140,13 +141,13 @@ async def test_a_create_builds_then_creates_and_records_conmon_and_the_process(
 
 
 async def test_while_a_container_is_built_its_row_is_on_disk_as_creating_and_hidden(
-    manager: ContainerManager, host: FakeContainerHost, image_id: str, db_path: Path
+    manager: ContainerManager, host: FakeContainerHost, image_id: str, db: StateDB
 ) -> None:
     hold = host.hold("build")
     create = asyncio.create_task(manager.create(POD, config(image_id)))
     await hold.reached.wait()
 
-    [row] = rows_on_disk(db_path)
+    [row] = rows_on_disk(db)
     assert row.state is ContainerState.CREATING
     assert manager.select() == []
 
@@ -294,7 +295,7 @@ async def test_stopping_a_created_container_does_nothing(
 
 
 async def test_stop_and_remove_of_unknown_or_removed_containers_succeed(
-    manager: ContainerManager, host: FakeContainerHost, image_id: str, db_path: Path
+    manager: ContainerManager, host: FakeContainerHost, image_id: str, db: StateDB
 ) -> None:
     await manager.stop("f" * 64, timeout_s=10)
     await manager.remove("f" * 64)
@@ -306,7 +307,7 @@ async def test_stop_and_remove_of_unknown_or_removed_containers_succeed(
     await manager.stop(created.id, timeout_s=10)
 
     assert host.steps(created.id)[3:] == ["delete", "remove_files"]
-    assert rows_on_disk(db_path) == []
+    assert rows_on_disk(db) == []
 
 
 async def test_removing_a_running_container_kills_deletes_and_forgets_it(
@@ -326,7 +327,7 @@ async def test_removing_a_running_container_kills_deletes_and_forgets_it(
 
 
 async def test_a_runtime_that_cannot_delete_does_not_keep_the_row(
-    manager: ContainerManager, host: FakeContainerHost, image_id: str, db_path: Path
+    manager: ContainerManager, host: FakeContainerHost, image_id: str, db: StateDB
 ) -> None:
     created = await manager.create(POD, config(image_id))
     host.fail("delete", OciRuntimeError("delete", 1, "device busy"))
@@ -334,7 +335,7 @@ async def test_a_runtime_that_cannot_delete_does_not_keep_the_row(
     await manager.remove(created.id)
 
     assert host.steps(created.id)[-1] == "remove_files"
-    assert rows_on_disk(db_path) == []
+    assert rows_on_disk(db) == []
 
 
 # --- undo of a failed create ----------------------------------------------------------------
@@ -344,7 +345,7 @@ async def test_a_failed_build_deletes_and_removes_the_files_then_drops_the_row(
     manager: ContainerManager,
     host: FakeContainerHost,
     image_id: str,
-    db_path: Path,
+    db: StateDB,
     events: list[ContainerEvent],
 ) -> None:
     host.fail("build", InvalidArgument("config.mounts[0]: no such host path"))
@@ -353,7 +354,7 @@ async def test_a_failed_build_deletes_and_removes_the_files_then_drops_the_row(
         await manager.create(POD, config(image_id))
 
     assert [step for step, _ in host.calls] == ["build", "delete", "remove_files"]
-    assert rows_on_disk(db_path) == []
+    assert rows_on_disk(db) == []
     retried = await manager.create(POD, config(image_id))
     assert retried.state is ContainerState.CREATED
     # The bus keeps order: had the failed create published anything, it would come first.
@@ -361,7 +362,7 @@ async def test_a_failed_build_deletes_and_removes_the_files_then_drops_the_row(
 
 
 async def test_a_create_the_runtime_refuses_is_a_runtime_failure_and_leaves_nothing(
-    manager: ContainerManager, host: FakeContainerHost, image_id: str, db_path: Path
+    manager: ContainerManager, host: FakeContainerHost, image_id: str, db: StateDB
 ) -> None:
     host.fail("create", ContainerCreateError("pivot_root: invalid argument"))
 
@@ -369,11 +370,11 @@ async def test_a_create_the_runtime_refuses_is_a_runtime_failure_and_leaves_noth
         await manager.create(POD, config(image_id))
 
     assert [step for step, _ in host.calls] == ["build", "create", "delete", "remove_files"]
-    assert rows_on_disk(db_path) == []
+    assert rows_on_disk(db) == []
 
 
 async def test_an_undo_whose_delete_fails_still_removes_the_files_and_the_row(
-    manager: ContainerManager, host: FakeContainerHost, image_id: str, db_path: Path
+    manager: ContainerManager, host: FakeContainerHost, image_id: str, db: StateDB
 ) -> None:
     host.fail("create", ContainerCreateError("runtime died"))
     host.fail("delete", OciRuntimeError("delete", 1, "state dir is busy"))
@@ -382,23 +383,23 @@ async def test_an_undo_whose_delete_fails_still_removes_the_files_and_the_row(
         await manager.create(POD, config(image_id))
 
     assert [step for step, _ in host.calls][-1] == "remove_files"
-    assert rows_on_disk(db_path) == []
+    assert rows_on_disk(db) == []
 
 
 async def test_a_missing_image_is_not_found_before_any_host_work(
-    manager: ContainerManager, host: FakeContainerHost, db_path: Path
+    manager: ContainerManager, host: FakeContainerHost, db: StateDB
 ) -> None:
     with pytest.raises(NotFound, match="pull it first"):
         await manager.create(POD, config("sha256:" + "e" * 64))
     assert host.calls == []
-    assert rows_on_disk(db_path) == []
+    assert rows_on_disk(db) == []
 
 
 # --- cancellation ---------------------------------------------------------------------------
 
 
 async def test_a_caller_cancelled_during_the_build_leaves_a_whole_created_container(
-    manager: ContainerManager, host: FakeContainerHost, image_id: str, db_path: Path
+    manager: ContainerManager, host: FakeContainerHost, image_id: str, db: StateDB
 ) -> None:
     hold = host.hold("build")
     create = asyncio.create_task(manager.create(POD, config(image_id)))
@@ -410,13 +411,13 @@ async def test_a_caller_cancelled_during_the_build_leaves_a_whole_created_contai
     hold.release()
     await manager.drain()
 
-    [row] = rows_on_disk(db_path)
+    [row] = rows_on_disk(db)
     assert row.state is ContainerState.CREATED
     assert host.steps(row.id) == ["build", "create", "created"]
 
 
 async def test_a_caller_cancelled_before_a_failing_create_leaves_nothing(
-    manager: ContainerManager, host: FakeContainerHost, image_id: str, db_path: Path
+    manager: ContainerManager, host: FakeContainerHost, image_id: str, db: StateDB
 ) -> None:
     hold = host.hold("create")
     host.fail("create", ContainerCreateError("no"))
@@ -430,7 +431,7 @@ async def test_a_caller_cancelled_before_a_failing_create_leaves_nothing(
     await manager.drain()
 
     assert [step for step, _ in host.calls] == ["build", "create", "delete", "remove_files"]
-    assert rows_on_disk(db_path) == []
+    assert rows_on_disk(db) == []
 
 
 # --- serialisation --------------------------------------------------------------------------
