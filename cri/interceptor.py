@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
+import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -197,11 +198,16 @@ def _finish(
 ) -> None:
     duration_s = time.perf_counter() - started
     record_cri_call(method, code.name, duration_s)
+    failed = code is not grpc.StatusCode.OK
+    quiet = not failed and method.startswith(_QUIET_PREFIXES)
+    # The polled calls are most of all calls: no event built that nobody reads.
+    if quiet and not log.is_enabled_for(logging.DEBUG):
+        return
     fields: dict[str, Any] = {"method": method, "code": code.name, "ms": round(duration_s * 1e3, 3)}
     fields.update(ids)
-    if code is not grpc.StatusCode.OK:
+    if failed:
         log.warning("cri call failed", error=message, **fields)
-    elif method.startswith(_QUIET_PREFIXES):
+    elif quiet:
         log.debug("cri call", **fields)
     else:
         log.info("cri call", **fields)
