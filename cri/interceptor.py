@@ -201,7 +201,7 @@ def _finish(
     failed = code is not grpc.StatusCode.OK
     quiet = not failed and method.startswith(_QUIET_PREFIXES)
     # The polled calls are most of all calls: no event built that nobody reads.
-    if quiet and not log.is_enabled_for(logging.DEBUG):
+    if quiet and not log.bind().is_enabled_for(logging.DEBUG):
         return
     fields: dict[str, Any] = {"method": method, "code": code.name, "ms": round(duration_s * 1e3, 3)}
     fields.update(ids)
