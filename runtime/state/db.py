@@ -115,6 +115,17 @@ class track_writes:  # named as a function: it is used like contextlib's manager
         _tracker.reset(self._token)
 
 
+async def written_ahead() -> None:
+    """Await the writes this call has made so far (none outside a tracked call).
+
+    For the rows that must be on disk before the host objects they name are made: recovery
+    after a kill -9 finds a half-built pod or container by its CREATING row.
+    """
+    tracker = _tracker.get()
+    if tracker is not None:
+        await tracker.durable()
+
+
 class StateDB:
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
