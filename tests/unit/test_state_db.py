@@ -152,3 +152,22 @@ def test_every_write_of_a_call_that_returned_survives_kill_9(db_path: Path) -> N
     containers = _rows(db_path, "containers")
     assert all(f"c{i}" in containers for i in range(200))
     assert len(_rows(db_path, "ip_allocations")) == 200
+
+
+async def test_a_write_waiting_for_a_locked_database_does_not_hold_up_the_caller(
+    db: StateDB, db_path: Path
+) -> None:
+    """Regression (issue 19): put() ran on the event loop and waited there for the lock."""
+    holder = sqlite3.connect(db_path, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        with track_writes() as writes:
+            db.put("sandboxes", "pod", "pod-name", "record")
+            # The caller goes on (here: straight to the end of its lock) while the writer waits.
+            assert db.setting("pod_cidr") is None
+    finally:
+        holder.execute("COMMIT")
+        holder.close()
+
+    await writes.durable()
+    assert _rows(db_path, "sandboxes") == {"pod": "record"}
