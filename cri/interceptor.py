@@ -1,10 +1,13 @@
-"""The one server interceptor: it logs, times and counts every call and maps domain errors
-to gRPC status codes, so handlers only raise."""
+"""The one server interceptor: it logs, times and counts every call, maps domain errors
+to gRPC status codes, so handlers only raise, and answers a unary call only once the state
+changes it made are committed to state.db (every mutating RPC is unary)."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
+import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -17,6 +20,7 @@ from google.protobuf.message import DecodeError
 from cri.errors import DOMAIN_ERRORS, status_code_for
 from metrics.operations import record_cri_call
 from runtime.errors import InvalidArgument, Unimplemented
+from runtime.state.db import StateWriteError, WriteTracker, track_writes
 
 log = structlog.get_logger("moorage.cri")
 
@@ -83,17 +87,20 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
         async def behavior(request: Any, context: Context) -> Any:
             started = time.perf_counter()
             ids = _object_ids(request)
-            try:
-                _check_decoded(request)
-                response = await inner(request, context)
-            except asyncio.CancelledError:
-                _finish(method, grpc.StatusCode.CANCELLED, started, ids, "client went away")
-                raise
-            except Exception as exc:
-                code, message = _failure(method, exc)
-            else:
-                _finish(method, grpc.StatusCode.OK, started, ids | _object_ids(response))
-                return response
+            with track_writes() as writes:
+                try:
+                    _check_decoded(request)
+                    response = await inner(request, context)
+                    await writes.durable()
+                except asyncio.CancelledError:
+                    _finish(method, grpc.StatusCode.CANCELLED, started, ids, "client went away")
+                    raise
+                except Exception as exc:
+                    await _undo_saved(writes)
+                    code, message = _failure(method, exc)
+                else:
+                    _finish(method, grpc.StatusCode.OK, started, ids | _object_ids(response))
+                    return response
             _finish(method, code, started, ids, message)
             await context.abort(code, message)
 
@@ -132,6 +139,13 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
             await context.abort(code, message)
 
         return behavior
+
+
+async def _undo_saved(writes: WriteTracker) -> None:
+    """A failed call answers once the rows its undo removed are gone from state.db too; the
+    call's own error is the one to report."""
+    with contextlib.suppress(StateWriteError):
+        await writes.durable()
 
 
 def _unknown_method(full_name: str) -> UnaryBehavior:
@@ -184,11 +198,16 @@ def _finish(
 ) -> None:
     duration_s = time.perf_counter() - started
     record_cri_call(method, code.name, duration_s)
+    failed = code is not grpc.StatusCode.OK
+    quiet = not failed and method.startswith(_QUIET_PREFIXES)
+    # The polled calls are most of all calls: no event built that nobody reads.
+    if quiet and not log.bind().is_enabled_for(logging.DEBUG):
+        return
     fields: dict[str, Any] = {"method": method, "code": code.name, "ms": round(duration_s * 1e3, 3)}
     fields.update(ids)
-    if code is not grpc.StatusCode.OK:
+    if failed:
         log.warning("cri call failed", error=message, **fields)
-    elif method.startswith(_QUIET_PREFIXES):
+    elif quiet:
         log.debug("cri call", **fields)
     else:
         log.info("cri call", **fields)

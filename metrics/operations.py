@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 REGISTRY = CollectorRegistry(auto_describe=True)
@@ -28,7 +30,14 @@ CRI_LATENCY = Histogram(
 
 
 def record_cri_call(method: str, code: str, duration_s: float) -> None:
-    CRI_REQUESTS.labels(method).inc()
-    CRI_LATENCY.labels(method).observe(duration_s)
+    requests, latency = _series_of(method)
+    requests.inc()
+    latency.observe(duration_s)
     if code != "OK":
         CRI_ERRORS.labels(method, code).inc()
+
+
+@functools.cache
+def _series_of(method: str) -> tuple[Counter, Histogram]:
+    """labels() takes a lock and builds a key on every call; the children never change."""
+    return CRI_REQUESTS.labels(method), CRI_LATENCY.labels(method)

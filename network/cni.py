@@ -47,6 +47,7 @@ from network.cni_plugin import (
     port_mappings,
     run_plugin,
 )
+from network.dir_watch import DirWatch
 from network.errors import InvalidNetworkRequest, NetworkError, NetworkNotReady
 from network.netns import is_pinned
 from network.types import NetworkReadiness, PodNetworkRequest, PodNetworkStatus
@@ -139,11 +140,17 @@ class CniNetwork:
         self._config: NetworkConfigList | None = None
         self._config_problem = ""
         self._status_problem = ""
+        self._watch = DirWatch((settings.conf_dir, *settings.bin_dirs))
+        # (a configuration, its plugins not installed): dropped when a watched dir changes.
+        self._missing: tuple[NetworkConfigList, list[str]] | None = None
 
     # -- configuration
 
     def current_config(self) -> NetworkConfigList | None:
         """The configuration in use, read again when the conf dir changed since last time."""
+        if not self._watch.changed():
+            return self._config
+        self._missing = None
         fingerprint = conf_dir_fingerprint(self.settings.conf_dir)
         if fingerprint != self._fingerprint:
             config, problem = load_first_config(self.settings.conf_dir)
@@ -160,11 +167,15 @@ class CniNetwork:
         return self._config
 
     def _missing_plugins(self, config: NetworkConfigList) -> list[str]:
-        return [
-            p["type"]
-            for p in config.plugins
-            if find_plugin(p["type"], self.settings.bin_dirs) is None
-        ]
+        """Looked for again only after the conf or bin dirs changed (current_config)."""
+        if self._missing is None or self._missing[0] is not config:
+            missing = [
+                p["type"]
+                for p in config.plugins
+                if find_plugin(p["type"], self.settings.bin_dirs) is None
+            ]
+            self._missing = config, missing
+        return self._missing[1]
 
     def _bin_dirs_text(self) -> str:
         return ", ".join(str(d) for d in self.settings.bin_dirs)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Protocol
 
 from cri.convert.mounts import device_from_proto, mount_from_proto, mounts_to_proto
+from cri.convert.per_version import per_version
 from cri.convert.resources import resources_from_proto, resources_to_proto
 from cri.convert.sandboxes import sandbox_status_to_proto
 from cri.convert.security import container_security_from_proto
@@ -89,6 +90,7 @@ def metadata_to_proto(container: Container) -> pb.ContainerMetadata:
     return pb.ContainerMetadata(name=container.config.name, attempt=container.config.attempt)
 
 
+@per_version
 def container_to_proto(container: Container) -> pb.Container:
     return pb.Container(
         id=container.id,
@@ -106,6 +108,7 @@ def container_to_proto(container: Container) -> pb.Container:
     )
 
 
+@per_version
 def container_status_to_proto(container: Container) -> pb.ContainerStatus:
     user = container.user
     return pb.ContainerStatus(

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from cri.convert.enums import enum_value
+from cri.convert.per_version import per_version
 from cri.convert.security import namespace_options_from_proto, namespace_options_to_proto
 from cri.proto import api_pb2 as pb
 from runtime.errors import InvalidArgument
@@ -94,6 +95,7 @@ def metadata_to_proto(md: PodMetadata) -> pb.PodSandboxMetadata:
     )
 
 
+@per_version
 def sandbox_status_to_proto(sandbox: Sandbox) -> pb.PodSandboxStatus:
     return pb.PodSandboxStatus(
         id=sandbox.id,
@@ -113,6 +115,7 @@ def sandbox_status_to_proto(sandbox: Sandbox) -> pb.PodSandboxStatus:
     )
 
 
+@per_version
 def sandbox_to_proto(sandbox: Sandbox) -> pb.PodSandbox:
     return pb.PodSandbox(
         id=sandbox.id,

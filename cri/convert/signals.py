@@ -18,6 +18,9 @@ _RT_ENUM = re.compile(r"SIGRT(MIN|MAX)(PLUS|MINUS)(\d+)$")
 _RT_IMAGE = re.compile(r"SIGRT(MIN|MAX)([+-])(\d+)$")
 _RT_TO_ENUM = {"+": "PLUS", "-": "MINUS"}
 _RT_TO_IMAGE = {"PLUS": "+", "MINUS": "-"}
+# Once: the enum wrapper's keys() builds a list of every name on each call, which made it
+# most of ContainerStatus's time.
+_SIGNAL_NAMES = frozenset(pb.Signal.keys())
 
 
 def stop_signal_from_proto(value: pb.Signal.ValueType) -> str:
@@ -46,6 +49,6 @@ def stop_signal_to_proto(name: str) -> pb.Signal.ValueType:
     if rt:
         text = f"SIGRT{rt[1]}{_RT_TO_ENUM[rt[2]]}{rt[3]}"
     key = _PREFIX + text
-    if key in pb.Signal.keys():  # noqa: SIM118  (an enum wrapper, not a dict)
+    if key in _SIGNAL_NAMES:
         return pb.Signal.Value(key)
     return pb.SIGNAL_RUNTIME_DEFAULT

@@ -29,6 +29,7 @@ from runtime.oci.seccomp_bpf import SeccompFilters
 from runtime.pods.model import Sandbox
 from runtime.settings import RuntimeSettings
 from runtime.state.container_store import ContainerStore
+from runtime.state.db import written_ahead
 
 
 class ContainerHost(Protocol):
@@ -105,6 +106,8 @@ class KernelContainerHost:
         lowers: list[Path],
         volumes: dict[int, list[Path]],
     ) -> BuiltContainer:
+        # The CREATING row first: after a crash, recovery finds what this makes by it.
+        await written_ahead()
         filters = self._filters.get(container.runtime_handler)
         return await asyncio.to_thread(
             self.builder.build, container, sandbox, image_config, lowers, filters, volumes

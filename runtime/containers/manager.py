@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import secrets
 import signal
 import time
@@ -314,7 +315,10 @@ class ContainerManager:
             self._publish(EventKind.DELETED, final)
         # The runtime's delete, the unmount and the file and cgroup removal take tens of
         # ms that the kubelet need not wait for: its next calls see the container gone.
-        task = asyncio.ensure_future(self._in_flight.run(self._clean_up(retired)))
+        # A context of its own: its writes belong to no call's durability.
+        task = asyncio.get_running_loop().create_task(
+            self._in_flight.run(self._clean_up(retired)), context=contextvars.Context()
+        )
         self._cleanups[retired.id] = (retired.sandbox_id, task)
         task.add_done_callback(lambda _: self._cleanups.pop(retired.id, None))
 

@@ -16,6 +16,7 @@ from runtime.pods.setup import build_sandbox, remove_sandbox, stop_sandbox
 from runtime.pods.userns import supported as userns_supported
 from runtime.resources import Resources
 from runtime.settings import RuntimeSettings
+from runtime.state.db import written_ahead
 
 
 @dataclass(frozen=True)
@@ -68,6 +69,8 @@ class KernelSandboxHost:
         return userns_supported()
 
     async def build(self, sandbox: Sandbox, sysctl_paths: dict[str, str]) -> SandboxObjects:
+        # The CREATING row first: after a crash, recovery finds what this makes by it.
+        await written_ahead()
         built = await asyncio.to_thread(
             build_sandbox, self.settings, self.cgroups, sandbox, sysctl_paths
         )

@@ -332,6 +332,32 @@ def test_a_rewritten_config_is_read_again(bench: PluginBench) -> None:
     assert second.plugins[0].get("extra") == 1
 
 
+def test_a_plugin_installed_later_makes_the_network_ready(bench: PluginBench) -> None:
+    """Regression (issue 19): the plugin lookup is kept between calls, not redone per Status,
+    so installing the plugin must drop it."""
+    bench.conflist("10.conflist", [{"type": "late"}])
+    network = CniNetwork(bench.settings)
+    assert not network.readiness().ready
+    assert not network.readiness().ready
+
+    bench.plugin("late")
+
+    assert network.readiness().ready
+
+
+def test_a_config_removed_makes_the_network_not_ready_at_the_next_call(
+    bench: PluginBench,
+) -> None:
+    standard_chain(bench)
+    network = CniNetwork(bench.settings)
+    assert network.readiness().ready
+
+    for path in bench.conf_dir.iterdir():
+        path.unlink()
+
+    assert not network.readiness().ready
+
+
 def test_the_driver_implements_pod_network(bench: PluginBench) -> None:
     network: PodNetwork = CniNetwork(bench.settings)
     assert network.readiness().reason == "NetworkPluginNotReady"

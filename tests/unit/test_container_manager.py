@@ -10,7 +10,6 @@ import json
 import signal
 from collections.abc import AsyncIterator
 from dataclasses import replace
-from pathlib import Path
 
 import pytest
 
@@ -99,9 +98,11 @@ def config(image_id: str, name: str = "app") -> ContainerConfig:
     return ContainerConfig(name=name, image=image_id, log_path=f"{name}/0.log")
 
 
-def rows_on_disk(db_path: Path) -> list[Container]:
-    """What recovery would find after a crash now: the rows as a new agent reads them."""
-    reopened = StateDB(db_path)
+def rows_on_disk(db: StateDB) -> list[Container]:
+    """What recovery would find after a crash once the queued writes are committed (the
+    interceptor awaits them before answering): the rows as a new agent reads them."""
+    db.wait_written()
+    reopened = StateDB(db.path)
     try:
         return ContainerStore(reopened).all()
     finally:
@@ -126,13 +127,13 @@ async def test_a_create_only_builds_and_the_start_hands_it_to_the_runtime(
     manager: ContainerManager,
     host: FakeContainerHost,
     image_id: str,
-    db_path: Path,
+    db: StateDB,
     events: list[ContainerEvent],
 ) -> None:
     created = await manager.create(POD, config(image_id))
 
     assert host.steps(created.id) == ["build"]
-    [row] = rows_on_disk(db_path)
+    [row] = rows_on_disk(db)
     assert (row.state, row.conmon_pid, row.pid) == (ContainerState.CREATED, 0, 0)
     assert row.stop_signal == "SIGQUIT"
     assert row.log_path.endswith("app/0.log")
@@ -141,7 +142,7 @@ async def test_a_create_only_builds_and_the_start_hands_it_to_the_runtime(
     await manager.start(created.id)
 
     assert host.steps(created.id) == ["build", "create", "created", "start"]
-    [row] = rows_on_disk(db_path)
+    [row] = rows_on_disk(db)
     assert (row.state, row.conmon_pid, row.pid) == (ContainerState.RUNNING, 101, 102)
 
 
@@ -175,13 +176,13 @@ async def test_limits_of_a_container_not_yet_started_wait_for_its_create(
 
 
 async def test_while_a_container_is_built_its_row_is_on_disk_as_creating_and_hidden(
-    manager: ContainerManager, host: FakeContainerHost, image_id: str, db_path: Path
+    manager: ContainerManager, host: FakeContainerHost, image_id: str, db: StateDB
 ) -> None:
     hold = host.hold("build")
     create = asyncio.create_task(manager.create(POD, config(image_id)))
     await hold.reached.wait()
 
-    [row] = rows_on_disk(db_path)
+    [row] = rows_on_disk(db)
     assert row.state is ContainerState.CREATING
     assert manager.select() == []
 
@@ -329,7 +330,7 @@ async def test_stopping_a_created_container_does_nothing(
 
 
 async def test_stop_and_remove_of_unknown_or_removed_containers_succeed(
-    manager: ContainerManager, host: FakeContainerHost, image_id: str, db_path: Path
+    manager: ContainerManager, host: FakeContainerHost, image_id: str, db: StateDB
 ) -> None:
     await manager.stop("f" * 64, timeout_s=10)
     await manager.remove("f" * 64)
@@ -342,11 +343,11 @@ async def test_stop_and_remove_of_unknown_or_removed_containers_succeed(
 
     # Never started, so never in the runtime: nothing there to delete.
     assert host.steps(created.id) == ["build", "remove_files"]
-    assert rows_on_disk(db_path) == []
+    assert rows_on_disk(db) == []
 
 
 async def test_a_remove_answers_before_the_clean_up_which_a_restart_would_finish(
-    manager: ContainerManager, host: FakeContainerHost, image_id: str, db_path: Path
+    manager: ContainerManager, host: FakeContainerHost, image_id: str, db: StateDB
 ) -> None:
     started = await running(manager, image_id)
     hold = host.hold("remove_files")
@@ -357,18 +358,18 @@ async def test_a_remove_answers_before_the_clean_up_which_a_restart_would_finish
     with pytest.raises(NotFound):
         manager.status(started.id)
     assert manager.select() == []
-    [row] = rows_on_disk(db_path)
+    [row] = rows_on_disk(db)
     assert (row.id, row.removing) == (started.id, True)
     # The name is free at once: the kubelet's next attempt may reuse it.
     again = await manager.create(POD, config(image_id))
 
     hold.release()
     await manager.drain()
-    assert [c.id for c in rows_on_disk(db_path)] == [again.id]
+    assert [c.id for c in rows_on_disk(db)] == [again.id]
 
 
 async def test_removing_a_pods_containers_waits_for_their_clean_up(
-    manager: ContainerManager, host: FakeContainerHost, image_id: str, db_path: Path
+    manager: ContainerManager, host: FakeContainerHost, image_id: str, db: StateDB
 ) -> None:
     started = await running(manager, image_id)
     hold = host.hold("remove_files")
@@ -379,7 +380,7 @@ async def test_removing_a_pods_containers_waits_for_their_clean_up(
     hold.release()
     await remove_all
     assert host.steps(started.id)[-1] == "remove_files"
-    assert rows_on_disk(db_path) == []
+    assert rows_on_disk(db) == []
 
 
 async def test_removing_a_running_container_kills_deletes_and_forgets_it(
@@ -399,7 +400,7 @@ async def test_removing_a_running_container_kills_deletes_and_forgets_it(
 
 
 async def test_a_runtime_that_cannot_delete_does_not_keep_the_row(
-    manager: ContainerManager, host: FakeContainerHost, image_id: str, db_path: Path
+    manager: ContainerManager, host: FakeContainerHost, image_id: str, db: StateDB
 ) -> None:
     created = await manager.create(POD, config(image_id))
     host.fail("delete", OciRuntimeError("delete", 1, "device busy"))
@@ -407,7 +408,7 @@ async def test_a_runtime_that_cannot_delete_does_not_keep_the_row(
     await manager.remove(created.id)
 
     assert host.steps(created.id)[-1] == "remove_files"
-    assert rows_on_disk(db_path) == []
+    assert rows_on_disk(db) == []
 
 
 # --- undo of a failed create ----------------------------------------------------------------
@@ -417,7 +418,7 @@ async def test_a_failed_build_removes_the_files_then_drops_the_row(
     manager: ContainerManager,
     host: FakeContainerHost,
     image_id: str,
-    db_path: Path,
+    db: StateDB,
     events: list[ContainerEvent],
 ) -> None:
     host.fail("build", InvalidArgument("config.mounts[0]: no such host path"))
@@ -426,7 +427,7 @@ async def test_a_failed_build_removes_the_files_then_drops_the_row(
         await manager.create(POD, config(image_id))
 
     assert [step for step, _ in host.calls] == ["build", "remove_files"]
-    assert rows_on_disk(db_path) == []
+    assert rows_on_disk(db) == []
     retried = await manager.create(POD, config(image_id))
     assert retried.state is ContainerState.CREATED
     # The bus keeps order: had the failed create published anything, it would come first.
@@ -448,19 +449,19 @@ async def test_a_start_whose_undo_delete_fails_still_ends_the_container(
 
 
 async def test_a_missing_image_is_not_found_before_any_host_work(
-    manager: ContainerManager, host: FakeContainerHost, db_path: Path
+    manager: ContainerManager, host: FakeContainerHost, db: StateDB
 ) -> None:
     with pytest.raises(NotFound, match="pull it first"):
         await manager.create(POD, config("sha256:" + "e" * 64))
     assert host.calls == []
-    assert rows_on_disk(db_path) == []
+    assert rows_on_disk(db) == []
 
 
 # --- cancellation ---------------------------------------------------------------------------
 
 
 async def test_a_caller_cancelled_during_the_build_leaves_a_whole_created_container(
-    manager: ContainerManager, host: FakeContainerHost, image_id: str, db_path: Path
+    manager: ContainerManager, host: FakeContainerHost, image_id: str, db: StateDB
 ) -> None:
     hold = host.hold("build")
     create = asyncio.create_task(manager.create(POD, config(image_id)))
@@ -472,7 +473,7 @@ async def test_a_caller_cancelled_during_the_build_leaves_a_whole_created_contai
     hold.release()
     await manager.drain()
 
-    [row] = rows_on_disk(db_path)
+    [row] = rows_on_disk(db)
     assert row.state is ContainerState.CREATED
     assert host.steps(row.id) == ["build"]
 

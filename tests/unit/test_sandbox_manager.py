@@ -42,9 +42,11 @@ def manager(tmp_path: Path, db: StateDB, host: FakeSandboxHost) -> SandboxManage
     return SandboxManager(settings, SandboxStore(db), host)
 
 
-def rows_on_disk(db_path: Path) -> list[Sandbox]:
-    """What recovery would find after a crash now: the rows as a new agent reads them."""
-    reopened = StateDB(db_path)
+def rows_on_disk(db: StateDB) -> list[Sandbox]:
+    """What recovery would find after a crash once the queued writes are committed (the
+    interceptor awaits them before answering): the rows as a new agent reads them."""
+    db.wait_written()
+    reopened = StateDB(db.path)
     try:
         return SandboxStore(reopened).all()
     finally:
@@ -63,27 +65,27 @@ def on_node_network(config: SandboxConfig) -> SandboxConfig:
 
 
 async def test_a_run_builds_then_attaches_and_records_a_ready_pod(
-    manager: SandboxManager, host: FakeSandboxHost, db_path: Path
+    manager: SandboxManager, host: FakeSandboxHost, db: StateDB
 ) -> None:
     ready = await manager.run(pod_config())
 
     assert host.steps(ready.id) == ["build", "attach_network"]
     assert ready.state is SandboxState.READY
     assert ready.ips == ["10.85.0.7"]
-    [row] = rows_on_disk(db_path)
+    [row] = rows_on_disk(db)
     assert row.state is SandboxState.READY
     assert row.pins == {"net": f"/pins/net/{ready.id}"}
     assert row.infra == InfraProcess(4242, 99)
 
 
 async def test_while_a_pod_is_built_its_row_is_on_disk_as_creating_and_hidden(
-    manager: SandboxManager, host: FakeSandboxHost, db_path: Path
+    manager: SandboxManager, host: FakeSandboxHost, db: StateDB
 ) -> None:
     hold = host.hold("build")
     run = asyncio.create_task(manager.run(pod_config()))
     await hold.reached.wait()
 
-    [row] = rows_on_disk(db_path)
+    [row] = rows_on_disk(db)
     assert row.state is SandboxState.CREATING
     assert manager.select() == []
 
@@ -105,7 +107,7 @@ async def test_stop_detaches_and_stops_then_the_pod_is_not_ready_and_stays_so(
 
 
 async def test_remove_tears_the_pod_down_and_forgets_it_and_a_second_remove_does_nothing(
-    manager: SandboxManager, host: FakeSandboxHost, db_path: Path
+    manager: SandboxManager, host: FakeSandboxHost, db: StateDB
 ) -> None:
     pod = await manager.run(pod_config())
 
@@ -115,7 +117,7 @@ async def test_remove_tears_the_pod_down_and_forgets_it_and_a_second_remove_does
     assert host.steps(pod.id)[2:] == ["detach_network", "remove"]
     with pytest.raises(NotFound):
         manager.status(pod.id)
-    assert rows_on_disk(db_path) == []
+    assert rows_on_disk(db) == []
 
 
 async def test_stop_and_remove_of_an_unknown_pod_succeed_without_host_work(
@@ -142,7 +144,7 @@ async def test_a_pod_on_the_node_network_is_never_attached_or_detached(
 
 
 async def test_a_user_namespace_the_node_cannot_give_is_refused_before_any_host_work(
-    manager: SandboxManager, host: FakeSandboxHost, db_path: Path
+    manager: SandboxManager, host: FakeSandboxHost, db: StateDB
 ) -> None:
     host.userns = False
     mapping = IdMapping(host_id=100000, container_id=0, length=65536)
@@ -154,7 +156,7 @@ async def test_a_user_namespace_the_node_cannot_give_is_refused_before_any_host_
     with pytest.raises(FailedPrecondition, match="user namespaces"):
         await manager.run(config)
     assert host.calls == []
-    assert rows_on_disk(db_path) == []
+    assert rows_on_disk(db) == []
 
 
 async def test_an_unconfigured_handler_is_not_found(
@@ -166,7 +168,7 @@ async def test_an_unconfigured_handler_is_not_found(
 
 
 async def test_a_failed_build_frees_the_name_and_keeps_its_error(
-    manager: SandboxManager, host: FakeSandboxHost, db_path: Path
+    manager: SandboxManager, host: FakeSandboxHost, db: StateDB
 ) -> None:
     host.fail("build", InvalidArgument("config.log_directory cannot be created"))
 
@@ -174,14 +176,14 @@ async def test_a_failed_build_frees_the_name_and_keeps_its_error(
         await manager.run(pod_config())
     # The build undoes its own steps: nothing else is torn down.
     assert [step for step, _ in host.calls] == ["build"]
-    assert rows_on_disk(db_path) == []
+    assert rows_on_disk(db) == []
 
     retried = await manager.run(pod_config())
     assert retried.state is SandboxState.READY
 
 
 async def test_a_failed_attach_detaches_then_removes_and_drops_the_row(
-    manager: SandboxManager, host: FakeSandboxHost, db_path: Path
+    manager: SandboxManager, host: FakeSandboxHost, db: StateDB
 ) -> None:
     host.fail("attach_network", AddressesExhausted("no address left in 10.85.0.0/16"))
 
@@ -190,11 +192,11 @@ async def test_a_failed_attach_detaches_then_removes_and_drops_the_row(
 
     [(_, pod_id), *_] = host.calls
     assert host.steps(pod_id) == ["build", "attach_network", "detach_network", "remove"]
-    assert rows_on_disk(db_path) == []
+    assert rows_on_disk(db) == []
 
 
 async def test_a_failing_detach_in_the_undo_still_removes_the_pod_and_the_first_error_wins(
-    manager: SandboxManager, host: FakeSandboxHost, db_path: Path
+    manager: SandboxManager, host: FakeSandboxHost, db: StateDB
 ) -> None:
     host.fail("attach_network", AddressesExhausted("no address left"))
     host.fail("detach_network", NetworkError("bridge is gone"))
@@ -203,14 +205,14 @@ async def test_a_failing_detach_in_the_undo_still_removes_the_pod_and_the_first_
         await manager.run(pod_config())
 
     assert [step for step, _ in host.calls][-1] == "remove"
-    assert rows_on_disk(db_path) == []
+    assert rows_on_disk(db) == []
 
 
 # --- cancellation ---------------------------------------------------------------------------
 
 
 async def test_a_caller_cancelled_during_the_build_leaves_a_whole_ready_pod(
-    manager: SandboxManager, host: FakeSandboxHost, db_path: Path
+    manager: SandboxManager, host: FakeSandboxHost, db: StateDB
 ) -> None:
     hold = host.hold("build")
     run = asyncio.create_task(manager.run(pod_config()))
@@ -222,13 +224,13 @@ async def test_a_caller_cancelled_during_the_build_leaves_a_whole_ready_pod(
     hold.release()
     await manager.drain()
 
-    [row] = rows_on_disk(db_path)
+    [row] = rows_on_disk(db)
     assert row.state is SandboxState.READY
     assert host.steps(row.id) == ["build", "attach_network"]
 
 
 async def test_a_caller_cancelled_before_a_failing_attach_leaves_nothing(
-    manager: SandboxManager, host: FakeSandboxHost, db_path: Path
+    manager: SandboxManager, host: FakeSandboxHost, db: StateDB
 ) -> None:
     hold = host.hold("attach_network")
     host.fail("attach_network", AddressesExhausted("no address left"))
@@ -247,7 +249,7 @@ async def test_a_caller_cancelled_before_a_failing_attach_leaves_nothing(
         "detach_network",
         "remove",
     ]
-    assert rows_on_disk(db_path) == []
+    assert rows_on_disk(db) == []
 
 
 # --- serialisation --------------------------------------------------------------------------
@@ -270,7 +272,7 @@ async def test_two_stops_of_one_pod_run_one_after_the_other(
 
 
 async def test_a_remove_waits_for_the_stop_under_way(
-    manager: SandboxManager, host: FakeSandboxHost, db_path: Path
+    manager: SandboxManager, host: FakeSandboxHost, db: StateDB
 ) -> None:
     pod = await manager.run(pod_config())
     hold = host.hold("stop")
@@ -283,7 +285,7 @@ async def test_a_remove_waits_for_the_stop_under_way(
     await asyncio.gather(stop, remove)
 
     assert host.steps(pod.id)[2:] == ["detach_network", "stop", "detach_network", "remove"]
-    assert rows_on_disk(db_path) == []
+    assert rows_on_disk(db) == []
 
 
 async def test_a_stop_of_one_pod_does_not_wait_for_the_stop_of_another(
@@ -313,7 +315,7 @@ POD_RESOURCES = PodResources(
 
 
 async def test_updated_pod_resources_reach_the_cgroup_summed_and_the_row_as_asked(
-    manager: SandboxManager, host: FakeSandboxHost, db_path: Path
+    manager: SandboxManager, host: FakeSandboxHost, db: StateDB
 ) -> None:
     pod = await manager.run(pod_config())
 
@@ -321,7 +323,7 @@ async def test_updated_pod_resources_reach_the_cgroup_summed_and_the_row_as_aske
 
     assert host.limits[pod.id] == Resources(cpu_shares=1152, memory_limit_bytes=320 << 20)
     assert updated.resources == POD_RESOURCES
-    [row] = rows_on_disk(db_path)
+    [row] = rows_on_disk(db)
     assert row.resources == POD_RESOURCES
     assert manager.status(pod.id).verbose_info()["resources"] == {
         "resources": {**vars(Resources()), "cpu_shares": 1024, "memory_limit_bytes": 256 << 20},
@@ -344,7 +346,7 @@ async def test_updated_pod_resources_reach_the_cgroup_summed_and_the_row_as_aske
 async def test_invalid_pod_resources_are_refused_and_the_old_ones_stay(
     manager: SandboxManager,
     host: FakeSandboxHost,
-    db_path: Path,
+    db: StateDB,
     resources: PodResources,
     message: str,
 ) -> None:
@@ -355,11 +357,11 @@ async def test_invalid_pod_resources_are_refused_and_the_old_ones_stay(
         await manager.update_resources(pod.id, resources)
 
     assert host.steps(pod.id).count("update_resources") == 1
-    assert [row.resources for row in rows_on_disk(db_path)] == [POD_RESOURCES]
+    assert [row.resources for row in rows_on_disk(db)] == [POD_RESOURCES]
 
 
 async def test_pod_resources_the_host_refuses_leave_the_row_as_it_was(
-    manager: SandboxManager, host: FakeSandboxHost, db_path: Path
+    manager: SandboxManager, host: FakeSandboxHost, db: StateDB
 ) -> None:
     pod = await manager.run(pod_config())
     host.fail("update_resources", InvalidArgument("the kernel refused"))
@@ -368,7 +370,7 @@ async def test_pod_resources_the_host_refuses_leave_the_row_as_it_was(
         await manager.update_resources(pod.id, POD_RESOURCES)
 
     assert manager.status(pod.id).resources is None
-    assert [row.resources for row in rows_on_disk(db_path)] == [None]
+    assert [row.resources for row in rows_on_disk(db)] == [None]
 
 
 async def test_pod_resources_of_an_unknown_or_unnamed_pod_are_refused(
