@@ -89,10 +89,9 @@ class AgentMetrics:
 
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
-        self._collectors = [
-            ContainerCollector(MetricsSnapshot(runtime, cgroup_reader(runtime))),
-            StateCollector(self._pod_states, self._container_states),
-        ]
+        # Served by the endpoint apart from the registry: it writes its own text, faster.
+        self._containers = ContainerCollector(MetricsSnapshot(runtime, cgroup_reader(runtime)))
+        self._collectors = [StateCollector(self._pod_states, self._container_states)]
         self._endpoint: MetricsEndpoint | None = None
         self._listener: asyncio.Task[None] | None = None
 
@@ -101,7 +100,7 @@ class AgentMetrics:
             REGISTRY.register(collector)
         self._listener = asyncio.get_running_loop().create_task(self._count_oom_kills())
         if address:
-            self._endpoint = start_endpoint(address, REGISTRY)
+            self._endpoint = start_endpoint(address, REGISTRY, [self._containers])
             log.info("metrics endpoint", address=f"{self._endpoint.host}:{self._endpoint.port}")
 
     async def close(self) -> None:

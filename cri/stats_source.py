@@ -50,7 +50,8 @@ class StatsSource:
         sandbox = self.runtime.sandboxes.find(container.sandbox_id)
         stats = None
         if sandbox is not None:
-            stats = self.reader.read(container_cgroup_path(sandbox.cgroup_path, container.id))
+            path = container_cgroup_path(sandbox.cgroup_path, container.id)
+            stats = self.reader.read(path, brief=True)
         now = time.time_ns()
         return ContainerFigures(
             container=container,
@@ -61,7 +62,7 @@ class StatsSource:
         )
 
     def pod(self, sandbox: Sandbox, containers: list[Container]) -> PodFigures:
-        stats = self.reader.read(sandbox.cgroup_path)
+        stats = self.reader.read(sandbox.cgroup_path, brief=True)
         now = time.time_ns()
         interfaces: list[InterfaceStats] = []
         if sandbox.netns_path:

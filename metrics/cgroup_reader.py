@@ -87,38 +87,42 @@ class CgroupReader:
             raise RuntimeError("no cgroup filesystem is mounted")
         return cls(v1_roots, unified_root, v2=not v1_roots)
 
-    def read(self, cgroup_path: str) -> CgroupStats | None:
-        """The cgroup's figures, or None when it no longer exists."""
+    def read(self, cgroup_path: str, *, brief: bool = False) -> CgroupStats | None:
+        """The cgroup's figures, or None when it no longer exists. Brief: only what the CRI
+        stats calls report (CPU usage, memory and swap use, limit, faults, process count),
+        from a handful of files instead of some thirty; the other figures stay None."""
         relative = cgroup_path.strip("/")
         scrape = Scrape()
         v1 = {c: f"{root}/{relative}" for c, root in self._v1.items()}
         v2 = {c: f"{root}/{relative}" for c, root in self._v2.items()}
         cpu, spec = CpuStats(), CpuSpec()
         if "cpu" in v2:
-            cpu, spec = cpu_v2(scrape, v2["cpu"], limits=self._v2_cpu_limits)
+            cpu, spec = cpu_v2(scrape, v2["cpu"], limits=self._v2_cpu_limits and not brief)
         elif "cpu" in v1 or "cpuacct" in v1:
-            cpu, spec = cpu_v1(scrape, v1.get("cpuacct"), v1.get("cpu"))
+            cpu, spec = cpu_v1(scrape, v1.get("cpuacct"), None if brief else v1.get("cpu"))
         memory = MemoryStats()
         if "memory" in v2:
-            memory = memory_v2(scrape, v2["memory"])
+            memory = memory_v2(scrape, v2["memory"], brief=brief)
         elif "memory" in v1:
-            memory = memory_v1(scrape, v1["memory"])
+            memory = memory_v1(scrape, v1["memory"], brief=brief)
         pids = PidsStats()
         if "pids" in v2 or "pids" in v1:
             directory = v2.get("pids") or v1["pids"]
             pids = PidsStats(
-                scrape.number(directory, "pids.current"), scrape.number(directory, "pids.max")
+                scrape.number(directory, "pids.current"),
+                None if brief else scrape.number(directory, "pids.max"),
             )
         blkio: list[BlkioDevice] = []
-        if "io" in v2:
-            blkio = io_v2(scrape, v2["io"])
-        elif "blkio" in v1:
-            blkio = blkio_v1(scrape, v1["blkio"])
         hugetlb: list[HugetlbStats] = []
-        if "hugetlb" in v2:
-            hugetlb = _hugetlb(scrape, v2["hugetlb"], self._hugetlb_sizes, v2=True)
-        elif "hugetlb" in v1:
-            hugetlb = _hugetlb(scrape, v1["hugetlb"], self._hugetlb_sizes, v2=False)
+        if not brief:
+            if "io" in v2:
+                blkio = io_v2(scrape, v2["io"])
+            elif "blkio" in v1:
+                blkio = blkio_v1(scrape, v1["blkio"])
+            if "hugetlb" in v2:
+                hugetlb = _hugetlb(scrape, v2["hugetlb"], self._hugetlb_sizes, v2=True)
+            elif "hugetlb" in v1:
+                hugetlb = _hugetlb(scrape, v1["hugetlb"], self._hugetlb_sizes, v2=False)
         # Only a missing file makes us look: a vanished cgroup is not worth a log line.
         reference = self._reference_root
         if scrape.missing and reference and not os.path.isdir(f"{reference}/{relative}"):

@@ -42,16 +42,27 @@ def cpu_v1(scrape: Scrape, acct: str | None, cpu: str | None) -> tuple[CpuStats,
     return stats, spec
 
 
-def memory_v1(scrape: Scrape, directory: str) -> MemoryStats:
+def memory_v1(scrape: Scrape, directory: str, *, brief: bool = False) -> MemoryStats:
+    """Brief: usage, working set, RSS, swap, faults and the limit alone."""
     usage = scrape.number(directory, "memory.usage_in_bytes")
     stat = scrape.flat_keyed(directory, "memory.stat")
-    oom = scrape.flat_keyed(directory, "memory.oom_control")
     limit = scrape.number(directory, "memory.limit_in_bytes")
     swap = stat.get("total_swap")
     if swap is None:
         both = scrape.number(directory, "memory.memsw.usage_in_bytes")
         # Two reads, not one snapshot: the difference can dip below zero.
         swap = None if both is None or usage is None else max(both - usage, 0)
+    if brief:
+        return MemoryStats(
+            usage_bytes=usage,
+            working_set_bytes=working_set(usage, stat.get("total_inactive_file")),
+            rss_bytes=stat.get("total_rss"),
+            swap_bytes=swap,
+            page_faults=stat.get("total_pgfault"),
+            major_page_faults=stat.get("total_pgmajfault"),
+            limit_bytes=_limit(limit),
+        )
+    oom = scrape.flat_keyed(directory, "memory.oom_control")
     return MemoryStats(
         usage_bytes=usage,
         working_set_bytes=working_set(usage, stat.get("total_inactive_file")),

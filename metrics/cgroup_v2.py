@@ -33,9 +33,20 @@ def cpu_v2(scrape: Scrape, directory: str, *, limits: bool) -> tuple[CpuStats, C
     return stats, CpuSpec(shares, quota, period)
 
 
-def memory_v2(scrape: Scrape, directory: str) -> MemoryStats:
+def memory_v2(scrape: Scrape, directory: str, *, brief: bool = False) -> MemoryStats:
+    """Brief: usage, working set, RSS, swap, faults and the limit alone."""
     usage = scrape.number(directory, "memory.current")
     stat = scrape.flat_keyed(directory, "memory.stat")
+    if brief:
+        return MemoryStats(
+            usage_bytes=usage,
+            working_set_bytes=working_set(usage, stat.get("inactive_file")),
+            rss_bytes=stat.get("anon"),
+            swap_bytes=scrape.number(directory, "memory.swap.current"),
+            page_faults=stat.get("pgfault"),
+            major_page_faults=stat.get("pgmajfault"),
+            limit_bytes=scrape.number(directory, "memory.max"),
+        )
     events = scrape.flat_keyed(directory, "memory.events")
     return MemoryStats(
         usage_bytes=usage,

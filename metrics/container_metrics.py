@@ -35,6 +35,7 @@ from metrics.cadvisor_series import (
     Filesystem,
 )
 from metrics.model import BlkioDevice, CgroupStats, FilesystemStats, InterfaceStats, ProcessStats
+from metrics.text_exposition import FamilyText, LabelText, ValueText
 
 log = structlog.get_logger("moorage.metrics")
 
@@ -126,6 +127,9 @@ def _family(name: str, kind: str, help_text: str, labels: tuple[str, ...]) -> _F
 
 
 _SCRAPE_ERROR_HELP = "1 if there was an error while getting container metrics, 0 otherwise"
+_SCRAPE_ERROR_TEXT = FamilyText("container_scrape_error", GAUGE, _SCRAPE_ERROR_HELP, ())
+_CONTAINER_TEXT = [FamilyText(s.name, s.kind, s.help, s.labels) for s in CONTAINER_SERIES]
+_POD_TEXT = [FamilyText(s.name, s.kind, s.help, s.labels) for s in POD_SERIES]
 
 
 class ContainerCollector(Collector):
@@ -149,16 +153,58 @@ class ContainerCollector(Collector):
         return self._families([], [], scrape_failed=None)
 
     def collect(self) -> Iterator[Metric]:
-        try:
-            containers, pods = self._snapshot()
-            scrape_failed = False
-        except Exception:
-            # One broken read must not take the agent's own metrics down with it.
-            log.exception("metrics_snapshot_failed")
-            containers, pods, scrape_failed = [], [], True
+        containers, pods, scrape_failed = self._take_snapshot()
         for family in self._families(containers, pods, scrape_failed=scrape_failed):
             if family.samples:
                 yield family
+
+    def text(self) -> bytes:
+        """What generate_latest writes for collect()'s families, without building them."""
+        containers, pods, scrape_failed = self._take_snapshot()
+        value_text, label_text = ValueText(), LabelText()
+        escaped = label_text.__getitem__
+        out = [_SCRAPE_ERROR_TEXT.header, _SCRAPE_ERROR_TEXT.line.format(value_text[scrape_failed])]
+        now_s = self._clock()
+        views = [
+            (
+                [*map(escaped, sample.labels)],
+                container_view(sample, now_s, self._device_name, self._disk_of),
+            )
+            for sample in containers
+        ]
+        for series, family in zip(CONTAINER_SERIES, _CONTAINER_TEXT, strict=True):
+            line = family.line
+            lines = [
+                line.format(*labels, *map(escaped, extra), value_text[value])
+                for labels, view in views
+                for extra, value in series.values(view)
+            ]
+            if lines:
+                out.append(family.header)
+                out.extend(lines)
+        pod_labels = [([*map(escaped, pod.labels)], pod.interfaces) for pod in pods]
+        for pod_series, family in zip(POD_SERIES, _POD_TEXT, strict=True):
+            line = family.line
+            lines = [
+                line.format(
+                    *labels, escaped(interface.name), value_text[pod_series.value(interface)]
+                )
+                for labels, interfaces in pod_labels
+                for interface in interfaces
+            ]
+            if lines:
+                out.append(family.header)
+                out.extend(lines)
+        return "".join(out).encode()
+
+    def _take_snapshot(self) -> tuple[list[ContainerSample], list[PodSample], bool]:
+        try:
+            containers, pods = self._snapshot()
+        except Exception:
+            # One broken read must not take the agent's own metrics down with it.
+            log.exception("metrics_snapshot_failed")
+            return [], [], True
+        return containers, pods, False
 
     def _families(
         self, containers: list[ContainerSample], pods: list[PodSample], scrape_failed: bool | None

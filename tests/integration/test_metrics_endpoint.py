@@ -51,6 +51,50 @@ def endpoint() -> Iterator[MetricsEndpoint]:
         served.close()
 
 
+@pytest.fixture
+def text_endpoint() -> Iterator[MetricsEndpoint]:
+    registry = CollectorRegistry(auto_describe=True)
+    registry.register(StateCollector(lambda: {"ready": 1}, lambda: {"running": 1}))
+    served = start_endpoint("127.0.0.1:0", registry, [ContainerCollector(snapshot)])
+    try:
+        yield served
+    finally:
+        served.close()
+
+
+def test_a_text_collector_is_served_after_the_registry_gzipped(
+    text_endpoint: MetricsEndpoint,
+) -> None:
+    response = httpx.get(
+        f"http://127.0.0.1:{text_endpoint.port}/metrics",
+        headers={"Accept-Encoding": "gzip"},
+        timeout=5,
+    )
+
+    assert response.headers["Content-Encoding"] == "gzip"
+    assert response.headers["Content-Type"] == "text/plain; version=0.0.4; charset=utf-8"
+    body = response.text
+    assert 'moorage_pods{state="ready"} 1.0' in body
+    assert 'container_memory_working_set_bytes{container="app"' in body
+    assert body.index("moorage_pods") < body.index("container_scrape_error")
+
+
+def test_a_text_collector_is_in_openmetrics_and_name_selections(
+    text_endpoint: MetricsEndpoint,
+) -> None:
+    url = f"http://127.0.0.1:{text_endpoint.port}/metrics"
+    openmetrics = httpx.get(url, headers={"Accept": "application/openmetrics-text"}, timeout=5)
+    selected = httpx.get(url, params={"name[]": "container_cpu_usage_seconds_total"}, timeout=5)
+
+    assert openmetrics.headers["Content-Type"].startswith("application/openmetrics-text")
+    assert 'container_memory_working_set_bytes{container="app"' in openmetrics.text
+    assert 'moorage_pods{state="ready"} 1.0' in openmetrics.text
+    assert openmetrics.text.endswith("# EOF\n")
+    assert [line.split("{")[0] for line in selected.text.splitlines() if line[0] != "#"] == [
+        "container_cpu_usage_seconds_total"
+    ]
+
+
 def test_metrics_body_passes_promtool(endpoint: MetricsEndpoint) -> None:
     promtool = shutil.which("promtool")
     if promtool is None:

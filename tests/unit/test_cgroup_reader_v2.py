@@ -260,3 +260,29 @@ def test_a_v2_container_has_a_value_for_every_cadvisor_series() -> None:
     assert values["container_spec_memory_swap_limit_bytes"] == {(): 0}
     assert values["container_fs_writes_total"] == {("259:0",): 250, ("259:1",): 0}
     assert values["container_blkio_device_usage_total"][("259:0", "259", "0", "Read")] == 1_048_576
+
+
+def test_a_brief_read_keeps_what_the_cri_stats_report_from_both_hierarchies() -> None:
+    for reader, path in ((v2_reader("full"), CONTAINER), (v1_reader(), "/moorage/pod-1/ctr-1")):
+        full, brief = reader.read(path), reader.read(path, brief=True)
+
+        assert full is not None and brief is not None
+        assert brief.cpu.usage_ns == full.cpu.usage_ns
+        memory = full.memory
+        assert brief.memory == MemoryStats(
+            usage_bytes=memory.usage_bytes,
+            working_set_bytes=memory.working_set_bytes,
+            rss_bytes=memory.rss_bytes,
+            swap_bytes=memory.swap_bytes,
+            page_faults=memory.page_faults,
+            major_page_faults=memory.major_page_faults,
+            limit_bytes=memory.limit_bytes,
+        )
+        assert brief.pids == PidsStats(full.pids.current, None)
+        assert (brief.blkio, brief.hugetlb, brief.cpu_spec) == ([], [], CpuSpec())
+        assert None not in (brief.memory.usage_bytes, brief.memory.limit_bytes)
+
+
+def test_a_brief_read_of_a_vanished_cgroup_is_none() -> None:
+    assert v2_reader("full").read(POD + "/gone.scope", brief=True) is None
+    assert v1_reader().read("/moorage/pod-1/gone", brief=True) is None

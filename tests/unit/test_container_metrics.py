@@ -410,3 +410,28 @@ def test_pulls_and_oom_kills_are_counted_in_the_agent_registry() -> None:
     assert value("moorage_image_pull_bytes_total") == before[0] + 1234
     assert value("moorage_image_pull_duration_seconds_count") == before[1] + 1
     assert value("moorage_oom_kills_total") == before[2] + 1
+
+
+def test_written_text_is_what_generate_latest_writes_for_the_families() -> None:
+    odd = container(container='say "hi"\\now', pod="web\n0", stats=CgroupStats())
+    samples = [container(), odd, container(filesystem=None, name="f" * 64)]
+    written = collector(samples, [pod()]).text()
+
+    assert written.decode().splitlines() == scrape(collector(samples, [pod()]))
+    assert 'container="say \\"hi\\"\\\\now"' in written.decode()
+
+
+def test_written_text_of_a_failing_snapshot_is_the_scrape_error_alone() -> None:
+    def broken() -> tuple[list[ContainerSample], list[PodSample]]:
+        raise OSError("cgroup gone")
+
+    assert ContainerCollector(broken).text().decode().splitlines() == [
+        "# HELP container_scrape_error 1 if there was an error while getting container "
+        "metrics, 0 otherwise",
+        "# TYPE container_scrape_error gauge",
+        "container_scrape_error 1.0",
+    ]
+
+
+def test_written_text_with_no_containers_is_only_the_scrape_error() -> None:
+    assert collector([], []).text().decode().splitlines()[-1] == "container_scrape_error 0.0"
