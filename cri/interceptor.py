@@ -15,6 +15,7 @@ import structlog
 from google.protobuf.message import DecodeError
 
 from cri.errors import DOMAIN_ERRORS, status_code_for
+from cri.startup import StartupGate
 from metrics.operations import record_cri_call
 from runtime.errors import InvalidArgument, Unimplemented
 
@@ -51,6 +52,11 @@ def _object_ids(message: Any) -> dict[str, str]:
 
 
 class CallInterceptor(grpc.aio.ServerInterceptor):
+    def __init__(self, startup: StartupGate | None = None) -> None:
+        """startup: what calls wait for while the agent recovers; None when it has nothing
+        to recover (a server made for one servicer)."""
+        self._startup = startup
+
     async def intercept_service(
         self,
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler | None]],
@@ -85,6 +91,7 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
             ids = _object_ids(request)
             try:
                 _check_decoded(request)
+                await self._started(method)
                 response = await inner(request, context)
             except asyncio.CancelledError:
                 _finish(method, grpc.StatusCode.CANCELLED, started, ids, "client went away")
@@ -107,6 +114,7 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
             ids = _object_ids(request)
             try:
                 _check_decoded(request)
+                await self._started(method)
                 produced = inner(request, context)
                 if inspect.isawaitable(produced):
                     await produced
@@ -132,6 +140,10 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
             await context.abort(code, message)
 
         return behavior
+
+    async def _started(self, method: str) -> None:
+        if self._startup is not None:
+            await self._startup.wait_for(method)
 
 
 def _unknown_method(full_name: str) -> UnaryBehavior:
