@@ -43,7 +43,7 @@ MODULE_GROUPS = (
     ("structlog", ("structlog",)),
     ("prometheus_client", ("prometheus_client",)),
     ("moorage (serve)", ("cri.cli",)),
-    ("pyroute2 (bridge netlink)", ("network.bridge",)),
+    ("pyroute2 (bridge netlink)", ("pyroute2",)),
     ("streaming (h11, wsproto)", ("cri.streaming.sessions",)),
     ("image pulls (httpx, zstandard)", ("runtime.images.puller", "runtime.images.unpack")),
     ("cni mode", ("network.cni",)),
