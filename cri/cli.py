@@ -13,7 +13,6 @@ from cri.config import Config, ConfigError, load_config, render_config, validate
 from cri.daemon import serve
 from cri.logging import configure_logging
 from cri.runtime_info import RUNTIME_NAME, agent_version
-from runtime.host.checks import format_host_checks, host_checks_pass, run_host_checks
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -52,6 +51,13 @@ def effective_config(args: argparse.Namespace) -> Config:
 
 
 def _check(config: Config) -> int:
+    # Not at the top: `moorage serve` has no use for the checks (nor the CNI code they load).
+    from runtime.host.checks import (  # noqa: PLC0415
+        format_host_checks,
+        host_checks_pass,
+        run_host_checks,
+    )
+
     rt = config.runtime
     runtimes = {rt.default_handler: rt.handlers[rt.default_handler].path}
     runtimes.update({name: h.path for name, h in rt.handlers.items()})

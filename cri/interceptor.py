@@ -18,6 +18,7 @@ import structlog
 from google.protobuf.message import DecodeError
 
 from cri.errors import DOMAIN_ERRORS, status_code_for
+from cri.startup import StartupGate
 from metrics.operations import record_cri_call
 from runtime.errors import InvalidArgument, Unimplemented
 from runtime.state.db import StateWriteError, WriteTracker, track_writes
@@ -55,6 +56,11 @@ def _object_ids(message: Any) -> dict[str, str]:
 
 
 class CallInterceptor(grpc.aio.ServerInterceptor):
+    def __init__(self, startup: StartupGate | None = None) -> None:
+        """startup: what calls wait for while the agent recovers; None when it has nothing
+        to recover (a server made for one servicer)."""
+        self._startup = startup
+
     async def intercept_service(
         self,
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler | None]],
@@ -90,6 +96,7 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
             with track_writes() as writes:
                 try:
                     _check_decoded(request)
+                    await self._started(method)
                     response = await inner(request, context)
                     await writes.durable()
                 except asyncio.CancelledError:
@@ -114,6 +121,7 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
             ids = _object_ids(request)
             try:
                 _check_decoded(request)
+                await self._started(method)
                 produced = inner(request, context)
                 if inspect.isawaitable(produced):
                     await produced
@@ -139,6 +147,10 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
             await context.abort(code, message)
 
         return behavior
+
+    async def _started(self, method: str) -> None:
+        if self._startup is not None:
+            await self._startup.wait_for(method)
 
 
 async def _undo_saved(writes: WriteTracker) -> None:

@@ -12,8 +12,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from pyroute2 import IPRoute
-
 from network import linux
 
 
@@ -45,6 +43,9 @@ def is_pinned(pin: Path) -> bool:
 
 def bring_up_loopback() -> None:
     """Set `lo` up in the calling thread's network namespace."""
+    # Imported here: pins are checked at start, long before netlink is needed (~8 MB).
+    from pyroute2 import IPRoute  # noqa: PLC0415
+
     with IPRoute() as ipr:
         (index,) = ipr.link_lookup(ifname="lo")
         ipr.link("set", index=index, state="up")

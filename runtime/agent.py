@@ -132,18 +132,22 @@ class Runtime:
         """(blobs, unpacked layers, writable layers): what ImageFsInfo reports on."""
         return self.layout.content_dir, self.layout.layers_dir, self.layout.containers_dir
 
-    async def recover(self) -> list[str]:
-        """Reconcile pods, containers and images with the host; run before serving."""
+    async def recover_state(self) -> list[str]:
+        """Reconcile pod and container rows with the host: before any call reads or changes
+        them."""
         fixed = await asyncio.to_thread(
             reconcile_sandboxes, self.settings, self.cgroups, self.sandboxes.store
         )
-        fixed += await reconcile_containers(
+        return fixed + await reconcile_containers(
             self.settings,
             self.cgroups,
             (self.containers.store, self.sandboxes.store),
             self.runtimes,
         )
-        return fixed + await asyncio.to_thread(self.images.recover)
+
+    async def recover_images(self) -> list[str]:
+        """Drop what interrupted pulls and removals left: before any image call."""
+        return await asyncio.to_thread(self.images.recover)
 
     async def recover_network(self) -> list[str]:
         """Drop addresses, veths and rules of pods that are no longer ready; set the host up."""

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from typing import TYPE_CHECKING
 
 import structlog
 
-from cri.streaming.http_front import HttpError, read_request, send_error
 from cri.streaming.requests import PATHS, PortForwardRequest, RequestCache, StreamRequest
-from cri.streaming.sessions import Session, SessionBackend, serve_session
+
+if TYPE_CHECKING:
+    from cri.streaming.sessions import SessionBackend
 
 log = structlog.get_logger("moorage.streaming")
 # The reader's limit also caps how much it buffers before pausing the socket: port-forward
@@ -70,17 +72,22 @@ class StreamingServer:
                 await writer.wait_closed()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        # HTTP, SPDY and WebSocket load with the first session, not at start: many nodes
+        # never stream, and a restarted agent serves sooner without them.
+        from cri.streaming import http_front, sessions  # noqa: PLC0415
+
         try:
-            http = await read_request(reader)
+            http = await http_front.read_request(reader)
             kind, _, token = http.path.strip("/").partition("/")
             request = self._requests.consume(token) if token else None
             if request is None or PATHS[type(request)] != kind:
-                raise HttpError(404, "unknown or expired streaming URL")
+                raise http_front.HttpError(404, "unknown or expired streaming URL")
             bound = log.bind(session=kind, **_ids(request))
             bound.debug("streaming session")
-            await serve_session(Session(http, request, reader, writer, self._backend, bound))
-        except HttpError as exc:
-            await send_error(writer, exc)
+            session = sessions.Session(http, request, reader, writer, self._backend, bound)
+            await sessions.serve_session(session)
+        except http_front.HttpError as exc:
+            await http_front.send_error(writer, exc)
         except Exception as exc:
             # One broken session must not end the server; the traceback is for its bug report.
             log.warning("streaming session failed", error=repr(exc), exc_info=exc)

@@ -98,7 +98,11 @@ def ns_pid_chain(pid: int) -> list[int]:
 
 
 def process_name(pid: int) -> str:
-    return Path(f"/proc/{pid}/comm").read_text().strip()
+    """An empty name once the process is gone: children_of may list one that exits just after."""
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except FileNotFoundError:
+        return ""
 
 
 def children_of(pid: int) -> list[int]:
