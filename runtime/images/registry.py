@@ -24,12 +24,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+import httpcore
 import httpx
 import structlog
 
 from runtime.images.registries_conf import Endpoint
 
 log = structlog.get_logger("moorage.images")
+
+# httpcore asks the socket for at most 64 KiB per read, and each read costs the event loop a
+# round of anyio and selector calls: for a blob download that overhead, not the bytes, was
+# what kept the loop busy. The socket hands over what it has, so small bodies are unchanged.
+# The agent's only HTTP client is this one, so the process-wide setting is ours to make.
+httpcore.AsyncHTTP11Connection.READ_NUM_BYTES = 1 << 20
 
 T = TypeVar("T")
 # Told (attempt number, bytes of that attempt on disk) as a blob downloads.
