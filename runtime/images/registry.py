@@ -24,12 +24,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+import httpcore
 import httpx
 import structlog
 
 from runtime.images.registries_conf import Endpoint
 
 log = structlog.get_logger("moorage.images")
+
+# httpcore asks the socket for at most 64 KiB per read, and each read costs the event loop a
+# round of anyio and selector calls: for a blob download that overhead, not the bytes, was
+# what kept the loop busy. The socket hands over what it has, so small bodies are unchanged.
+# The agent's only HTTP client is this one, so the process-wide setting is ours to make.
+httpcore.AsyncHTTP11Connection.READ_NUM_BYTES = 1 << 20
 
 T = TypeVar("T")
 # Told (attempt number, bytes of that attempt on disk) as a blob downloads.
@@ -51,6 +58,9 @@ _ACCEPT = ", ".join([OCI_INDEX, OCI_MANIFEST, DOCKER_LIST, DOCKER_MANIFEST])
 # containerd's limit: a manifest is metadata, so anything larger is a broken or hostile server.
 _MANIFEST_MAX = 4 << 20
 _ERROR_BODY_MAX = 64 << 10
+# Blob bytes handed to the writing thread at a time: large enough that hashing and writing
+# run without the GIL, small enough to keep a pull's memory flat.
+_WRITE_BATCH = 1 << 20
 _SHA256 = re.compile(r"sha256:[0-9a-f]{64}")
 _CHALLENGE_PARAM = re.compile(r'(\w+)=(?:"([^"]*)"|([^\s,]*))')
 
@@ -514,28 +524,63 @@ async def _download(  # noqa: PLR0917
     hasher = hashlib.sha256()
     written = 0
     out = await asyncio.to_thread(dest.open, "wb")
+
+    def store(data: bytes, total: int) -> None:
+        # hashlib and file writes release the GIL for buffers this size, so the event loop
+        # receives the next batch meanwhile.
+        hasher.update(data)
+        out.write(data)
+        out.flush()
+        if report:
+            report(total)
+
     if report:
         report(0)
+    batch: list[bytes] = []
+    batched = 0
+    storing: asyncio.Future[None] | None = None
     try:
         async for chunk in response.aiter_raw():
             written += len(chunk)
             if written > size:
                 raise BadContent(f"{repository}: blob {digest} is larger than {size} bytes")
-            hasher.update(chunk)
-            out.write(chunk)
-            if report:
-                out.flush()
-                report(written)
-        out.flush()
+            batch.append(chunk)
+            batched += len(chunk)
+            if batched >= _WRITE_BATCH:
+                if storing:
+                    await asyncio.shield(storing)
+                storing = asyncio.ensure_future(asyncio.to_thread(store, b"".join(batch), written))
+                batch, batched = [], 0
+        if storing:
+            await asyncio.shield(storing)
+        storing = asyncio.ensure_future(asyncio.to_thread(store, b"".join(batch), written))
+        await asyncio.shield(storing)
         await asyncio.to_thread(os.fsync, out.fileno())
     except httpx.TransportError as exc:
         raise _Transient(f"blob {digest}: {_describe(exc)}") from None
     finally:
+        if storing:
+            # Shielded above, the write goes on when the download stops; a retry reopens dest,
+            # so no write of this attempt may still be under way then.
+            await _settled(storing)
         out.close()
     if written != size:
         raise BadContent(f"{repository}: blob {digest} has {written} bytes, expected {size}")
     if "sha256:" + hasher.hexdigest() != digest:
         raise BadContent(f"{repository}: blob {digest} arrived with a different digest")
+
+
+async def _settled(work: asyncio.Future[None]) -> None:
+    """Wait until work has ended, even when the caller is cancelled; its own error is the
+    caller's to have seen already."""
+    try:
+        await asyncio.shield(work)
+    except asyncio.CancelledError:
+        with contextlib.suppress(Exception):
+            await work
+        raise
+    except Exception:
+        return
 
 
 def _platform_rank(wanted: Platform, candidate: Any) -> int:

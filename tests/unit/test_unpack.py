@@ -247,6 +247,29 @@ def test_truncated_layer_is_refused(
         unpack_layer(blob, dest, max_bytes=CAP)
 
 
+def test_gzip_layer_of_several_members_with_padding_is_unpacked(tmp_path: Path, dest: Path) -> None:
+    """As GzipFile does, concatenated members are one stream and zero bytes after one are
+    padding."""
+    data = os.urandom(300_000)
+    raw = tar_bytes([entry("file", data=data)])
+    blob = tmp_path / "blob"
+    blob.write_bytes(gzip.compress(raw[:1000]) + bytes(7) + gzip.compress(raw[1000:]) + bytes(9))
+
+    unpacked = unpack_layer(blob, dest, max_bytes=CAP)
+
+    assert unpacked.diff_id == "sha256:" + hashlib.sha256(raw).hexdigest()
+    assert (dest / "file").read_bytes() == data
+
+
+def test_garbage_after_a_gzip_member_is_refused(tmp_path: Path, dest: Path) -> None:
+    raw = tar_bytes([entry("file", data=b"x")])
+    blob = tmp_path / "blob"
+    blob.write_bytes(gzip.compress(raw) + b"garbage")
+
+    with pytest.raises(LayerError):
+        unpack_layer(blob, dest, max_bytes=CAP)
+
+
 def test_garbage_after_the_zstd_magic_is_refused(tmp_path: Path, dest: Path) -> None:
     blob = tmp_path / "blob"
     blob.write_bytes(b"\x28\xb5\x2f\xfd" + b"garbage" * 100)
