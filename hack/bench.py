@@ -14,16 +14,14 @@ import functools
 import json
 import os
 import shutil
-import signal
 import statistics
-import subprocess
 import sys
 import tarfile
 import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,145 +30,24 @@ import grpc
 from cri.logging import configure_logging
 from cri.proto import api_pb2 as pb
 from cri.proto import api_pb2_grpc
+from hack.bench_agent import METRICS_PORT, Timings, own_agent, rss_mb, sandbox_config
 from hack.bench_containers import bench_containers
 from hack.bench_host import bench_cgroup_reads, bench_conmon
+from hack.bench_load import bench_load
+from hack.bench_reads import bench_reads
+from hack.bench_restart import bench_restart
 from hack.bench_streaming import bench_streaming
 from network.bridge import delete_link
 from network.bridge_network import BridgeNetwork, BridgeSettings
 from network.cni import CniNetwork, CniSettings
-from network.iptables import PodRules
 from network.netns import bring_up_loopback
 from network.types import HostPort, PodNetworkRequest
 from runtime.host.namespaces import pin_current, unpin, unshared
 from runtime.state.db import StateDB
 from tests.cni_plugins import remove_plugin_rules, rule_marker, standard_plugins
 from tests.images_build import build_all
-from tests.netutil import free_port
 from tests.registry_fixture import push, start_registry
 from tests.registry_push import add_file, push_image, tar_of
-
-REPO = Path(__file__).resolve().parent.parent
-METRICS_PORT = free_port()
-
-
-@contextlib.contextmanager
-def own_agent(
-    launcher: Sequence[str | Path] = (),
-    env: Mapping[str, str] | None = None,
-    log_level: str = "warning",
-) -> Iterator[tuple[Path, int]]:
-    """launcher: what runs `moorage` (its argv before the subcommand), the installed entry
-    point by default; env: added to the agent's environment."""
-    base = Path(tempfile.mkdtemp(prefix="mbench-", dir="/tmp"))
-    # As a node's /run: a user-namespaced pod's root must reach its rootfs below.
-    base.chmod(0o711)
-    token = uuid.uuid4().hex[:6]
-    parent = f"/moorage-bench-{token}"
-    bridge, prefix = f"mbench{token}", f"MBENCH{token.upper()}"
-    config = base / "moorage.toml"
-    config.write_text(
-        f'[network]\nbridge = "{bridge}"\nchain_prefix = "{prefix}"\npod_cidr = "10.254.0.0/16"\n'
-        f'[runtime]\ndefault_cgroup_parent = "{parent}"\n'
-        f'[images]\nregistries_conf = "{base}/registries.conf"\n'
-        f'[metrics]\naddress = "127.0.0.1:{METRICS_PORT}"\n'
-    )
-    socket = base / "cri.sock"
-    log = (base / "agent.log").open("w")
-    proc = subprocess.Popen(
-        [
-            *(launcher or [REPO / ".venv/bin/moorage"]),
-            "serve",
-            "--config",
-            config,
-            "--socket",
-            socket,
-            "--root",
-            base / "root",
-            "--run-dir",
-            base / "run",
-            "--log-level",
-            log_level,
-        ],
-        stdout=log,
-        stderr=log,
-        env={**os.environ, **(env or {})},
-    )
-    try:
-        wait_for_socket(socket, proc)
-        yield socket, proc.pid
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
-        PodRules(prefix, bridge).remove_all()
-        delete_link(bridge)
-        for hierarchy in Path("/sys/fs/cgroup").iterdir():
-            with contextlib.suppress(OSError):
-                (hierarchy / parent.strip("/")).rmdir()
-        shutil.rmtree(base, ignore_errors=True)
-
-
-def wait_for_socket(socket: Path, proc: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            sys.exit(f"agent exited with {proc.returncode}")
-        if socket.exists():
-            channel = grpc.insecure_channel(f"unix://{socket}")
-            stub = api_pb2_grpc.RuntimeServiceStub(channel)
-            with contextlib.suppress(grpc.RpcError):
-                stub.Version(pb.VersionRequest(), timeout=1)
-                return
-        time.sleep(0.05)
-    sys.exit("agent did not answer within 30 s")
-
-
-def sandbox_config(pid_mode: pb.NamespaceMode.ValueType) -> Any:
-    uid = uuid.uuid4().hex
-    return pb.PodSandboxConfig(
-        metadata=pb.PodSandboxMetadata(name=f"bench-{uid[:8]}", uid=uid, namespace="bench"),
-        hostname="bench",
-        dns_config=pb.DNSConfig(servers=["10.96.0.10"], searches=["bench.svc.cluster.local"]),
-        linux=pb.LinuxPodSandboxConfig(
-            security_context=pb.LinuxSandboxSecurityContext(
-                namespace_options=pb.NamespaceOption(pid=pid_mode)
-            )
-        ),
-    )
-
-
-class Timings:
-    def __init__(self) -> None:
-        self.samples: dict[str, list[float]] = {}
-
-    def time(self, label: str, rpc: Callable[[Any], Any], request: Any) -> Any:
-        started = time.perf_counter()
-        result = rpc(request)
-        self.samples.setdefault(label, []).append((time.perf_counter() - started) * 1000)
-        return result
-
-    def record(self, label: str, started: float) -> None:
-        self.samples.setdefault(label, []).append((time.perf_counter() - started) * 1000)
-
-    def report(self) -> str:
-        lines = [f"{'call':<48} {'n':>5} {'median ms':>10} {'p95 ms':>8}"]
-        for label, samples in self.samples.items():
-            values = sorted(samples)
-            p95 = values[min(len(values) - 1, round(0.95 * (len(values) - 1)))]
-            median = statistics.median(values)
-            lines.append(f"{label:<48} {len(values):>5} {median:>10.2f} {p95:>8.2f}")
-        return "\n".join(lines)
-
-
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
 
 
 def bench_sandboxes(stub: Any, n: int, timings: Timings) -> None:
@@ -339,20 +216,27 @@ def main() -> int:
         for _ in range(20):
             timings.time("Version", stub.Version, pb.VersionRequest())
         idle_rss = rss_mb(agent_pid) if agent_pid else 0.0
+        notes = bench_reads(socket, timings)
         bench_sandboxes(stub, args.n, timings)
         bench_bridge(args.n, timings)
         bench_cni(args.n, timings)
-        notes = bench_conmon(args.n, timings)
+        notes += bench_conmon(args.n, timings)
         notes += bench_cgroup_reads(args.n, timings)
         notes += bench_images(socket, timings)
         notes += bench_containers(
             socket, args.n, timings, agent_pid, str(socket.parent), METRICS_PORT
         )
         notes += bench_streaming(socket, args.n, timings)
-        print(timings.report())
-        print("\n" + "\n".join(notes))
+        notes += bench_load(socket, args.n, timings, agent_pid)
         if agent_pid:
-            print(f"\nagent RSS: idle {idle_rss:.1f} MB, after the run {rss_mb(agent_pid):.1f} MB")
+            notes.append(
+                f"agent RSS: idle {idle_rss:.1f} MB, after the run {rss_mb(agent_pid):.1f} MB"
+            )
+    if not args.socket:
+        notes += bench_restart(timings)
+    print(f"machine: {os.cpu_count()} cores")
+    print(timings.report())
+    print("\n" + "\n".join(notes))
     return 0
 
 

@@ -25,9 +25,7 @@ import grpc
 
 from cri.proto import api_pb2 as pb
 from cri.proto import api_pb2_grpc
-
-# As a module, not its names: hack.bench imports this file while it is still being defined.
-from hack import bench
+from hack.bench_agent import REPO, Timings, own_agent, rss_mb, sandbox_config
 from hack.bench_containers import pulled_test_image
 from network.bridge import delete_link
 from network.iptables import PodRules
@@ -66,7 +64,7 @@ for modules in groups:
 """
 
 
-def bench_restart(timings: bench.Timings) -> list[str]:
+def bench_restart(timings: Timings) -> list[str]:
     notes = [_idle_rss(), _rss_by_module()]
     with _agent_dirs() as dirs:
         proc = _start(dirs)
@@ -95,14 +93,14 @@ def bench_restart(timings: bench.Timings) -> list[str]:
 
 
 def _idle_rss() -> str:
-    with bench.own_agent() as (socket, pid):
+    with own_agent() as (socket, pid):
         stub = api_pb2_grpc.RuntimeServiceStub(grpc.insecure_channel(f"unix://{socket}"))
         stub.Version(pb.VersionRequest())
-        after_version = bench.rss_mb(pid)
+        after_version = rss_mb(pid)
         # Status waits for the start-up work that runs after the socket is up.
         stub.Status(pb.StatusRequest())
         time.sleep(1)
-        settled = bench.rss_mb(pid)
+        settled = rss_mb(pid)
     return (
         f"agent RSS idle: {after_version:.1f} MB after the first Version, "
         f"{settled:.1f} MB once start-up work is done"
@@ -116,7 +114,7 @@ def _rss_by_module() -> str:
         capture_output=True,
         text=True,
         check=True,
-        cwd=bench.REPO,
+        cwd=REPO,
     ).stdout.split()
     parts = [f"interpreter {float(out[0]):.1f}"]
     growth = zip(MODULE_GROUPS, out[1:], strict=True)
@@ -167,7 +165,7 @@ def _start(dirs: _Dirs) -> subprocess.Popen[bytes]:
     with log:
         return subprocess.Popen(
             [
-                bench.REPO / ".venv/bin/moorage",
+                REPO / ".venv/bin/moorage",
                 "serve",
                 "--config",
                 dirs.config,
@@ -201,7 +199,7 @@ def _channel(dirs: _Dirs) -> grpc.Channel:
 def _run_pods(stub: Any, image: str) -> set[str]:
     containers = set()
     for _ in range(PODS):
-        config = bench.sandbox_config(pb.CONTAINER)
+        config = sandbox_config(pb.CONTAINER)
         pod_id = stub.RunPodSandbox(pb.RunPodSandboxRequest(config=config)).pod_sandbox_id
         container = pb.ContainerConfig(
             metadata=pb.ContainerMetadata(name="sleeper"),
@@ -267,7 +265,7 @@ def _remove_cgroup_tree(root: Path) -> None:
 
 
 if __name__ == "__main__":
-    timings = bench.Timings()
+    timings = Timings()
     for note in bench_restart(timings):
         print(note)
     print(timings.report())

@@ -20,7 +20,7 @@ import grpc
 
 from cri.proto import api_pb2 as pb
 from cri.proto import api_pb2_grpc
-from hack.bench import REPO, own_agent, sandbox_config
+from hack.bench_agent import REPO, own_agent, sandbox_config
 from hack.bench_containers import pulled_test_image
 
 Event = tuple[str, str, str]
