@@ -32,6 +32,7 @@ from runtime.containers.model import (
     ContainerConfig,
     ContainerFilter,
     ContainerState,
+    ImageRuntimeConfig,
 )
 from runtime.errors import (
     ContainerRuntimeFailed,
@@ -81,6 +82,7 @@ class ContainerManager:
         self._locks = KeyedLocks()
         self._exited: dict[str, asyncio.Event] = {}
         self._in_flight = InFlight()
+        self._image_configs: dict[str, ImageRuntimeConfig] = {}
         # Removed containers whose host clean-up is under way: id -> (sandbox id, task).
         self._cleanups: dict[str, tuple[str, asyncio.Task[None]]] = {}
         self._exits = ExitRecorder(store, sandboxes, host.oom_kills)
@@ -165,7 +167,11 @@ class ContainerManager:
         container_id = secrets.token_hex(32)
         paths = self.layout.container(container_id)
         log_path = container_log_path(sandbox, config)
-        image_config = parse_image_config(await asyncio.to_thread(self.images.config, image))
+        image_config = self._image_configs.get(image.id)
+        if image_config is None:
+            # An image id is its config's digest: what it parses to never changes.
+            image_config = parse_image_config(await asyncio.to_thread(self.images.config, image))
+            self._image_configs[image.id] = image_config
         container = Container(
             id=container_id,
             sandbox_id=sandbox.id,
