@@ -21,6 +21,7 @@ from tests.e2e.containers import (
 from tests.e2e.kernel import mounts_under
 from tests.e2e.pods import assert_rpc_error
 from tests.registry_fixture import LocalRegistry
+from tests.waiting import wait_until
 
 
 @pytest.fixture
@@ -102,4 +103,5 @@ def test_a_volume_image_in_use_keeps_its_content(agent: Agent, images: tuple[str
 
     assert b"busybox" in exec_sync(agent, container_id, ["ls", "/vol/bin"]).stdout
     remove(agent, container_id)
-    assert mounts_under(agent.run_dir / "containers") == []
+    # The host clean-up runs after RemoveContainer answers.
+    assert wait_until(lambda: mounts_under(agent.run_dir / "containers") == [])
