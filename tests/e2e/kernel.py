@@ -101,21 +101,21 @@ def process_name(pid: int) -> str:
     """An empty name once the process is gone: children_of may list one that exits just after."""
     try:
         return Path(f"/proc/{pid}/comm").read_text().strip()
-    except FileNotFoundError:
+    except (FileNotFoundError, ProcessLookupError):
         return ""
 
 
 def children_of(pid: int) -> list[int]:
-    """Direct children of every thread of `pid`."""
+    """Direct children of every thread of `pid`; a thread that exits meanwhile reads as ESRCH."""
     found: list[int] = []
     try:
         tasks = list(Path(f"/proc/{pid}/task").iterdir())
-    except FileNotFoundError:
+    except (FileNotFoundError, ProcessLookupError):
         return found
     for task in tasks:
         try:
             found += [int(child) for child in (task / "children").read_text().split()]
-        except FileNotFoundError:
+        except (FileNotFoundError, ProcessLookupError):
             continue
     return found
 
