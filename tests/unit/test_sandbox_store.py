@@ -17,9 +17,11 @@ def store(db: StateDB) -> SandboxStore:
     return SandboxStore(db)
 
 
-def _reopen(db_path: Path) -> tuple[StateDB, SandboxStore]:
-    db = StateDB(db_path)
-    return db, SandboxStore(db)
+def _reopen(db: StateDB) -> tuple[StateDB, SandboxStore]:
+    """A second StateDB on the same file, once the first has committed what it queued."""
+    db.wait_written()
+    reopened = StateDB(db.path)
+    return reopened, SandboxStore(reopened)
 
 
 # --- reserve / get / update / delete -------------------------------------------------------
@@ -228,47 +230,45 @@ def test_select_applies_the_filter(store: SandboxStore) -> None:
 # --- persistence ---------------------------------------------------------------------------
 
 
-def test_records_survive_reopening_the_database(store: SandboxStore, db_path: Path) -> None:
+def test_records_survive_reopening_the_database(store: SandboxStore, db: StateDB) -> None:
     ready = sandbox("ready", infra=InfraProcess(pid=1234, start_ticks=5678))
     building = sandbox("building", state=SandboxState.CREATING)
     store.reserve(ready)
     store.reserve(building)
 
-    db, reopened = _reopen(db_path)
+    second, reopened = _reopen(db)
     try:
         assert reopened.get("ready") == ready
         assert sorted(reopened.all(), key=lambda s: s.id) == [building, ready]
     finally:
-        db.close()
+        second.close()
 
 
 def test_updates_and_deletes_survive_reopening_the_database(
-    store: SandboxStore, db_path: Path
+    store: SandboxStore, db: StateDB
 ) -> None:
     store.reserve(sandbox("kept"))
     store.reserve(sandbox("gone"))
     updated = store.update("kept", lambda s: replace(s, state=SandboxState.NOTREADY, pins={}))
     store.delete("gone")
 
-    db, reopened = _reopen(db_path)
+    second, reopened = _reopen(db)
     try:
         assert reopened.all() == [updated]
     finally:
-        db.close()
+        second.close()
 
 
-def test_name_reservation_survives_reopening_the_database(
-    store: SandboxStore, db_path: Path
-) -> None:
+def test_name_reservation_survives_reopening_the_database(store: SandboxStore, db: StateDB) -> None:
     store.reserve(sandbox("holder", uid="same"))
 
-    db, reopened = _reopen(db_path)
+    second, reopened = _reopen(db)
     try:
         with pytest.raises(NameReserved) as raised:
             reopened.reserve(sandbox("other", uid="same"))
         assert raised.value.holder_id == "holder"
     finally:
-        db.close()
+        second.close()
 
 
 def test_state_db_creates_its_directory(tmp_path: Path) -> None:
