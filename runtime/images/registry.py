@@ -22,21 +22,20 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-import httpcore
-import httpx
 import structlog
 
 from runtime.images.registries_conf import Endpoint
+from runtime.lazy_module import lazy_module
+
+if TYPE_CHECKING:
+    import httpx
+else:
+    # httpx and httpcore cost the agent 5 MB and ~70 ms of start-up; most restarts pull nothing.
+    httpx = lazy_module("httpx")
 
 log = structlog.get_logger("moorage.images")
-
-# httpcore asks the socket for at most 64 KiB per read, and each read costs the event loop a
-# round of anyio and selector calls: for a blob download that overhead, not the bytes, was
-# what kept the loop busy. The socket hands over what it has, so small bodies are unchanged.
-# The agent's only HTTP client is this one, so the process-wide setting is ours to make.
-httpcore.AsyncHTTP11Connection.READ_NUM_BYTES = 1 << 20
 
 T = TypeVar("T")
 # Told (attempt number, bytes of that attempt on disk) as a blob downloads.
@@ -457,6 +456,7 @@ class RegistryClient:
                 verify: ssl.SSLContext | bool = False
                 if scheme == "https" and not insecure:
                     verify = await asyncio.to_thread(self._ssl_context, host)
+                _read_a_mebibyte_per_call()
                 client = httpx.AsyncClient(verify=verify, timeout=self.timeout_s)
                 self._clients[key] = client
             return client
@@ -633,3 +633,15 @@ def _is_local(host: str) -> bool:
 
 def _describe(exc: httpx.TransportError) -> str:
     return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+@functools.cache
+def _read_a_mebibyte_per_call() -> None:
+    """httpcore asks the socket for at most 64 KiB per read, and each read costs the event
+    loop a round of anyio and selector calls: for a blob download that overhead, not the
+    bytes, was what kept the loop busy. The socket hands over what it has, so small bodies
+    are unchanged. The agent's only HTTP client is this one, so the process-wide setting is
+    ours to make."""
+    import httpcore  # noqa: PLC0415 - loaded with httpx, on the first client
+
+    httpcore.AsyncHTTP11Connection.READ_NUM_BYTES = 1 << 20
