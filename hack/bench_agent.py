@@ -75,12 +75,7 @@ def own_agent(
         wait_for_socket(socket, proc)
         yield socket, proc.pid
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_agent(proc)
         log.close()
         PodRules(prefix, bridge).remove_all()
         delete_link(bridge)
@@ -88,6 +83,16 @@ def own_agent(
             with contextlib.suppress(OSError):
                 (hierarchy / parent.strip("/")).rmdir()
         shutil.rmtree(base, ignore_errors=True)
+
+
+def stop_agent(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM, as a node's service manager stops it; SIGKILL if it does not exit in 15 s."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def wait_for_socket(socket: Path, proc: subprocess.Popen[bytes]) -> None:

@@ -25,7 +25,7 @@ import grpc
 
 from cri.proto import api_pb2 as pb
 from cri.proto import api_pb2_grpc
-from hack.bench_agent import REPO, Timings, own_agent, rss_mb, sandbox_config
+from hack.bench_agent import REPO, Timings, own_agent, rss_mb, sandbox_config, stop_agent
 from hack.bench_containers import pulled_test_image
 from network.bridge import delete_link
 from network.iptables import PodRules
@@ -89,7 +89,7 @@ def bench_restart(timings: Timings) -> list[str]:
             )
             _remove_pods(stub)
         finally:
-            _stop(proc)
+            stop_agent(proc)
     return notes
 
 
@@ -182,15 +182,6 @@ def _start(dirs: _Dirs) -> subprocess.Popen[bytes]:
             stdout=log,
             stderr=log,
         )
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
 
 
 def _channel(dirs: _Dirs) -> grpc.Channel:
