@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from runtime.containers.model import (
     Container,
     ContainerConfig,
     ContainerSecurity,
     ContainerState,
     Device,
+    ImageRuntimeConfig,
     Mount,
     ProcessUser,
     Propagation,
     Seccomp,
     SeccompKind,
 )
+from runtime.oci.spec import SpecInputs, build_spec
 from runtime.pods.model import (
     DnsConfig,
     InfraProcess,
@@ -139,3 +143,25 @@ def container(container_id: str, *, name: str = "app", sandbox_id: str = "pod1")
         conmon_pid=41,
         started_at_ns=2,
     )
+
+
+def oci_spec(config: ContainerConfig, pod: Sandbox) -> dict[str, Any]:
+    """The OCI spec runtime/oci/spec.py builds for `config` in `pod`, with a small seccomp
+    profile; `pod` needs its net, ipc and uts pins."""
+    inputs = SpecInputs(
+        container_id="c1",
+        config=config,
+        image=ImageRuntimeConfig(entrypoint=["/bin/app"], cmd=["serve"], env=["IMG=1"]),
+        user=ProcessUser(uid=1000, gid=1000, additional_gids=[5], home="/home/app"),
+        rootfs="/var/lib/moorage/containers/c1/rootfs",
+        sandbox=pod,
+        cgroups_path=f"{pod.cgroup_path}/c1",
+        seccomp_profile={
+            "defaultAction": "SCMP_ACT_ERRNO",
+            "architectures": ["SCMP_ARCH_X86_64"],
+            "syscalls": [{"names": ["read", "write"], "action": "SCMP_ACT_ALLOW"}],
+        },
+        cgroup_v2=True,
+        nofile_limit=1024,
+    )
+    return build_spec(inputs)

@@ -1,0 +1,1 @@
+"""NRI (containerd's Node Resource Interface): the wire that plugins and the runtime speak."""
