@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import asyncio
+import gc
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -28,3 +31,15 @@ def db(db_path: Path) -> Iterator[StateDB]:
 @pytest.fixture
 def settings(tmp_path: Path) -> RuntimeSettings:
     return RuntimeSettings(root_dir=tmp_path / "root", run_dir=tmp_path / "run")
+
+
+@pytest.fixture
+async def no_loop_errors() -> AsyncIterator[None]:
+    """Fails a test after which the event loop saw an exception nobody handled."""
+    loop = asyncio.get_running_loop()
+    seen: list[dict[str, Any]] = []
+    loop.set_exception_handler(lambda _loop, context: seen.append(context))
+    yield
+    gc.collect()  # "exception was never retrieved" is reported when a task is collected
+    loop.set_exception_handler(None)
+    assert seen == []
